@@ -1,0 +1,1 @@
+"""Face detection backends and the drawing of face masks."""

@@ -1,0 +1,157 @@
+"""Every Prometheus metric the daemon exports, in one place.
+
+The registry is injected so each application (and each test) has its own.
+Labels stay bounded: ``kind``, ``resource``, ``outcome``, ``phase``,
+``provider``, ``status_class``, ``queue``, ``operation``. Ids go to logs, never here.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from shortdrama_worker import __version__
+
+# GPU jobs run for seconds to many minutes; CPU jobs for fractions of a second.
+JOB_DURATION_BUCKETS = (
+    0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 900, 1200, 1800,
+)  # fmt: skip
+WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+OUTCOMES = ("completed", "failed", "retried", "cancelled", "returned")
+
+
+class Metrics:
+    """Holds the collectors; one instance per application."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.build_info = Info("shortdrama_build", "Version of the running daemon.", registry=r)
+        self.build_info.info({"version": __version__})
+
+        self.jobs_submitted = Counter(
+            "shortdrama_jobs_submitted_total",
+            "Jobs accepted by the API.",
+            ["kind"],
+            registry=r,
+        )
+        self.jobs_finished = Counter(
+            "shortdrama_jobs_finished_total",
+            "Job runs that ended, by outcome (completed, failed, retried, cancelled, returned).",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.job_duration = Histogram(
+            "shortdrama_job_duration_seconds",
+            "Wall time of one job run in the handler.",
+            ["kind", "outcome"],
+            buckets=JOB_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "shortdrama_queue_wait_seconds",
+            "Time from SQS SentTimestamp to the start of the run.",
+            ["kind"],
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "shortdrama_jobs_in_flight",
+            "Jobs running in this process.",
+            ["kind"],
+            registry=r,
+        )
+        self.gpu_slots = Gauge(
+            "shortdrama_gpu_slots", "GPU semaphore permits configured.", registry=r
+        )
+        self.gpu_slots_in_use = Gauge(
+            "shortdrama_gpu_slots_in_use", "GPU semaphore permits held now.", registry=r
+        )
+        self.gpu_wait = Histogram(
+            "shortdrama_gpu_wait_seconds",
+            "Time a job waited for a GPU slot.",
+            ["kind"],
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        self.gpu_busy = Counter(
+            "shortdrama_gpu_busy_seconds_total",
+            "Seconds GPU slots were held, summed over slots.",
+            registry=r,
+        )
+        self.phase_duration = Histogram(
+            "shortdrama_job_phase_duration_seconds",
+            "Time spent in one phase of a job (fetch, upload, queue, execute, download, store).",
+            ["kind", "phase"],
+            buckets=JOB_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.retries = Counter(
+            "shortdrama_job_retries_total",
+            "Job runs put back to pending for a later attempt.",
+            ["kind"],
+            registry=r,
+        )
+        self.heartbeats = Counter(
+            "shortdrama_heartbeats_total",
+            "Visibility and lease extensions for long jobs.",
+            ["resource"],
+            registry=r,
+        )
+        self.sqs_errors = Counter(
+            "shortdrama_sqs_errors_total",
+            "SQS calls that failed, by operation (receive, delete, send, visibility).",
+            ["operation"],
+            registry=r,
+        )
+        self.messages_received = Counter(
+            "shortdrama_messages_received_total",
+            "SQS messages received.",
+            ["resource"],
+            registry=r,
+        )
+        self.messages_dead_lettered = Counter(
+            "shortdrama_messages_dead_lettered_total",
+            "Messages moved to the DLQ by this process (malformed or out of attempts).",
+            ["resource"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "shortdrama_queue_messages",
+            "Messages visible in a queue (polled from SQS attributes).",
+            ["queue"],
+            registry=r,
+        )
+        self.queue_in_flight = Gauge(
+            "shortdrama_queue_messages_in_flight",
+            "Messages received by some consumer and not yet deleted (SQS attribute).",
+            ["queue"],
+            registry=r,
+        )
+        self.provider_requests = Histogram(
+            "shortdrama_provider_request_duration_seconds",
+            "Calls to external providers (ComfyUI, DashScope, ARK) by status class.",
+            ["provider", "status_class"],
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.provider_errors = Counter(
+            "shortdrama_provider_errors_total",
+            "Failed provider calls by status class (4xx, 5xx, timeout, connection).",
+            ["provider", "status_class"],
+            registry=r,
+        )
+        self.provider_usage = Counter(
+            "shortdrama_provider_usage_total",
+            "Billable provider usage (tokens, images) by provider and unit.",
+            ["provider", "unit"],
+            registry=r,
+        )
+        self.http_requests = Histogram(
+            "shortdrama_http_request_duration_seconds",
+            "Job API requests by route and status class.",
+            ["route", "status_class"],
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )

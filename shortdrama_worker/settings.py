@@ -1,0 +1,226 @@
+"""Configuration: defaults < TOML file < ``SHORTDRAMA_*`` environment variables.
+
+Nested sections map to environment variables with a double underscore, e.g.
+``SHORTDRAMA_AWS__ENDPOINT_URL`` or ``SHORTDRAMA_GPU__SLOTS``. Every setting is
+documented in ``config/worker.example.toml``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+Resource = Literal["gpu", "cpu"]
+RESOURCES: tuple[Resource, ...] = ("gpu", "cpu")
+
+
+class AwsSettings(BaseModel):
+    region: str = "us-east-1"
+    endpoint_url: str | None = Field(
+        default=None, description="Any AWS-compatible endpoint; unset means real AWS."
+    )
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=30.0, gt=0)
+    max_pool_connections: int = Field(default=50, ge=1)
+
+
+class QueueSettings(BaseModel):
+    gpu_queue: str = "gpu_tasks_queue"
+    cpu_queue: str = "cpu_tasks_queue"
+    dlq_suffix: str = "_dlq"
+    visibility_timeout_s: int = Field(default=120, ge=5, le=43200)
+    wait_time_s: int = Field(default=20, ge=0, le=20, description="Long-poll wait.")
+    max_receive_count: int = Field(
+        default=10,
+        ge=1,
+        description="SQS redrive safety net for messages that crash the worker itself.",
+    )
+
+
+class StoreSettings(BaseModel):
+    table: str = "task_store"
+    status_index: str = "status-created_at-index"
+    ttl_days: int = Field(default=30, ge=1)
+
+
+class ResultSettings(BaseModel):
+    bucket: str = "shortdrama-results"
+    prefix: str = "results"
+    input_prefix: str = "inputs"
+    cdn_domain: str | None = Field(
+        default=None, description="CloudFront domain; unset means presigned S3 URLs."
+    )
+    presign_expiry_s: int = Field(default=86400, ge=60, le=604800)
+
+
+class ApiSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    public_url: str | None = Field(
+        default=None, description="Base URL clients use; defaults to http://host:port."
+    )
+    max_body_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+
+
+class ConsumerSettings(BaseModel):
+    enabled: bool = True
+    consume: list[Resource] = Field(default_factory=lambda: ["gpu", "cpu"])
+    max_in_flight: dict[Resource, int] = Field(
+        default_factory=lambda: {"gpu": 2, "cpu": 4},
+        description="Messages held at once per queue; SQS is asked only for free slots.",
+    )
+    kind_concurrency: dict[str, int] = Field(
+        default_factory=dict, description="Optional cap per kind, below max_in_flight."
+    )
+    max_attempts: int = Field(default=3, ge=1)
+    backoff_base_s: float = Field(default=5.0, ge=0)
+    backoff_max_s: float = Field(default=900.0, ge=0)
+    heartbeat_interval_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Visibility/lease renewal period; 0 means a third of the visibility timeout.",
+    )
+    cancel_poll_s: float = Field(default=2.0, gt=0)
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+    progress_min_interval_s: float = Field(default=1.0, ge=0)
+
+
+class GpuSettings(BaseModel):
+    slots: int = Field(default=1, ge=1)
+
+
+class InputSettings(BaseModel):
+    max_bytes: int = Field(default=30 * 1024 * 1024, ge=1024)
+    timeout_s: float = Field(default=30.0, gt=0)
+    max_pixels: int = Field(default=80_000_000, ge=1)
+    allow_http: bool = False
+
+
+class HandlerSettings(BaseModel):
+    allow: list[str] | None = Field(
+        default=None, description="Kinds that may load; unset loads every installed handler."
+    )
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Each handler's own section, by kind."
+    )
+
+
+class LogSettings(BaseModel):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class LocalSettings(BaseModel):
+    embedded_aws: bool = Field(
+        default=False, description="Start an AWS-compatible endpoint (moto) in-process."
+    )
+    embedded_aws_port: int = Field(default=0, ge=0, le=65535)
+    provision: bool = Field(default=False, description="Run `init` at start-up.")
+
+
+class Settings(BaseSettings):
+    """Everything the daemon reads at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SHORTDRAMA_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    instance_id: str | None = Field(
+        default=None, description="Names this process in task records; defaults to host:pid."
+    )
+    aws: AwsSettings = Field(default_factory=AwsSettings)
+    queues: QueueSettings = Field(default_factory=QueueSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    results: ResultSettings = Field(default_factory=ResultSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    consumer: ConsumerSettings = Field(default_factory=ConsumerSettings)
+    gpu: GpuSettings = Field(default_factory=GpuSettings)
+    inputs: InputSettings = Field(default_factory=InputSettings)
+    handlers: HandlerSettings = Field(default_factory=HandlerSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+    local: LocalSettings = Field(default_factory=LocalSettings)
+
+    @model_validator(mode="after")
+    def _check_timing(self) -> Settings:
+        interval = self.heartbeat_interval_s
+        if interval >= self.queues.visibility_timeout_s:
+            raise ValueError(
+                "consumer.heartbeat_interval_s must be shorter than "
+                "queues.visibility_timeout_s, or messages reappear while their job runs"
+            )
+        return self
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        return self.consumer.heartbeat_interval_s or self.queues.visibility_timeout_s / 3
+
+    def queue_name(self, resource: Resource) -> str:
+        return self.queues.gpu_queue if resource == "gpu" else self.queues.cpu_queue
+
+    def dlq_name(self, resource: Resource) -> str:
+        return self.queue_name(resource) + self.queues.dlq_suffix
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Earlier sources win: explicit arguments, then env, then the TOML file.
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, deep_merge=True),
+        )
+
+
+class ConfigError(Exception):
+    """A setting is wrong; the message names it."""
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Read settings from ``path`` (or ``$SHORTDRAMA_CONFIG``) and the environment.
+
+    Raises ``ConfigError`` with every bad setting named, so start-up stops with
+    a message an operator can act on.
+    """
+    config_path = path if path is not None else os.environ.get("SHORTDRAMA_CONFIG")
+    toml_file: Path | None = None
+    if config_path:
+        toml_file = Path(config_path)
+        if not toml_file.is_file():
+            raise ConfigError(f"config file not found: {toml_file}")
+    # The TOML path differs per call, so it goes into a per-call subclass
+    # rather than into any module-level state.
+    bound = type(
+        "Settings",
+        (Settings,),
+        {"model_config": {**Settings.model_config, "toml_file": toml_file}},
+    )
+    try:
+        return bound(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        source = f" (from {toml_file})" if toml_file else ""
+        raise ConfigError(f"invalid configuration{source}: {problems}") from None
+    except Exception as exc:  # a TOML syntax error names the line
+        raise ConfigError(f"cannot read configuration {toml_file}: {exc}") from None
