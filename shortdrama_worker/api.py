@@ -1,0 +1,312 @@
+"""The job API (v1): submit, status, cancel, list kinds; health, readiness, metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+from shortdrama_worker import keys
+from shortdrama_worker.inputs import parse_data_uri
+from shortdrama_worker.openapi import build_openapi
+from shortdrama_worker.plugins import HandlerSpec
+from shortdrama_worker.queue import QueueError
+from shortdrama_worker.results import ResultStoreError
+from shortdrama_worker.store import StaleTransition, StoreError, Task
+
+log = structlog.get_logger("shortdrama_worker.api")
+
+# Idempotency keys map to task ids deterministically, so a repeated submit
+# hits the same record and the store's conditional put settles the race.
+_IDEMPOTENCY_NS = uuid.UUID("6f1d7a3e-5b0c-4a59-9c61-2f3a8e1f4b20")
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    body = {"error": {"code": code, "message": message, **extra}}
+    return web.json_response(body, status=status)
+
+
+def job_view(task: Task, base_url: str, result_url: str | None = None) -> dict[str, Any]:
+    """The public shape of a job, shared by the job and the legacy task routes."""
+    error = (
+        {"code": task.error_code or "error", "message": task.error_message}
+        if task.status == "failed" and task.error_message
+        else None
+    )
+    return {
+        "job_id": task.task_id,
+        "task_id": task.task_id,
+        "kind": task.job_type,
+        "status": task.status,
+        "progress": task.progress,
+        "stage": task.stage,
+        "result_url": result_url or task.result_url,
+        "result": task.result,
+        "error_message": task.error_message,
+        "error": error,
+        "attempts": task.attempts,
+        "created_at": task.created_at,
+        "updated_at": task.updated_at,
+        "status_url": f"{base_url}/api/v1/jobs/{task.task_id}",
+    }
+
+
+def _base_url(request: web.Request) -> str:
+    configured = request.app[keys.SETTINGS].api.public_url
+    return configured.rstrip("/") if configured else f"{request.scheme}://{request.host}"
+
+
+def _spec_for(request: web.Request) -> HandlerSpec:
+    slug = request.match_info["slug"]
+    spec = request.app[keys.REGISTRY].by_slug.get(slug)
+    if spec is None:
+        raise web.HTTPNotFound(
+            text=json.dumps({"error": {"code": "unknown_kind", "message": f"no handler for {slug!r}",
+                                        "available": sorted(request.app[keys.REGISTRY].by_slug)}}),
+            content_type="application/json",
+        )  # fmt: skip
+    return spec
+
+
+def _field_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    return [
+        {"field": ".".join(str(p) for p in err["loc"]) or "(body)", "message": err["msg"],
+         "type": err["type"]}
+        for err in exc.errors(include_url=False, include_input=False)
+    ]  # fmt: skip
+
+
+async def submit(request: web.Request) -> web.Response:
+    app = request.app
+    spec = _spec_for(request)
+    raw = await request.read()
+    try:
+        body = json.loads(raw or b"null")
+    except ValueError as exc:
+        return error_response(400, "malformed_json", f"request body is not valid JSON: {exc}")
+    if not isinstance(body, dict):
+        return error_response(400, "malformed_json", "request body must be a JSON object")
+    # Accept the older orchestrator's envelope {"input": {...}} as well.
+    payload = body["input"] if set(body) == {"input"} and isinstance(body["input"], dict) else body
+    try:
+        params = spec.cls.input_model.model_validate(payload)
+    except ValidationError as exc:
+        errors = _field_errors(exc)
+        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return error_response(422, "invalid_input", summary, fields=errors)
+    data = params.model_dump(mode="json", exclude_none=True)
+
+    idem_key = request.headers.get("Idempotency-Key")
+    body_hash = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    if idem_key is not None:
+        if not 1 <= len(idem_key) <= 255:
+            return error_response(422, "invalid_header", "Idempotency-Key: must be 1–255 chars")
+        task_id = str(uuid.uuid5(_IDEMPOTENCY_NS, f"{spec.kind}\n{idem_key}"))
+    else:
+        task_id = str(uuid.uuid4())
+
+    try:
+        data = await _stage_data_uris(request, task_id, data)
+    except ValueError as exc:
+        return error_response(422, "invalid_input", str(exc))
+    except ResultStoreError as exc:
+        return error_response(503, "storage_unavailable", f"could not stage inputs: {exc}")
+
+    now = time.time()
+    task = Task(
+        task_id=task_id,
+        job_type=spec.kind,
+        status="pending",
+        created_at=now,
+        updated_at=now,
+        resource=spec.resource,
+        input=data,
+        idempotency_key=idem_key,
+        request_hash=body_hash,
+    )
+    store = app[keys.STORE]
+    try:
+        await store.create(task)
+    except StaleTransition as stale:
+        existing = stale.task
+        if existing is None:
+            return error_response(409, "conflict", "job id collision; retry")
+        if existing.request_hash != body_hash:
+            return error_response(
+                422, "idempotency_key_reused",
+                "Idempotency-Key was already used with a different request body",
+            )  # fmt: skip
+        return _accepted(request, existing, status=200)
+    except StoreError as exc:
+        return error_response(503, "store_unavailable", f"task store unreachable: {exc}")
+
+    try:
+        await app[keys.QUEUE].send(spec.resource, task_id, spec.kind)  # type: ignore[arg-type]
+    except QueueError as exc:
+        # Nothing half-written: the record goes, and the client may retry.
+        try:
+            await store.delete_pending(task_id)
+        except StoreError:
+            log.error("orphan_pending_task", job_id=task_id)
+        return error_response(503, "queue_unavailable", f"job queue unreachable: {exc}")
+    app[keys.METRICS].jobs_submitted.labels(spec.kind).inc()
+    log.info("job_submitted", job_id=task_id, kind=spec.kind)
+    return _accepted(request, task, status=202)
+
+
+def _accepted(request: web.Request, task: Task, *, status: int) -> web.Response:
+    base = _base_url(request)
+    view = {
+        "job_id": task.task_id,
+        "task_id": task.task_id,
+        "kind": task.job_type,
+        "status": task.status,
+        "created_at": task.created_at,
+        "status_url": f"{base}/api/v1/jobs/{task.task_id}",
+    }
+    return web.json_response(view, status=status, headers={"Location": view["status_url"]})
+
+
+async def _stage_data_uris(request: web.Request, task_id: str, data: dict[str, Any]) -> dict[str, Any]:
+    """Move inline ``data:`` images to S3 so the task record stays small.
+
+    DynamoDB items are capped at 400 KB; a frame as a data URI is megabytes.
+    """
+    results = request.app[keys.RESULTS]
+    max_bytes = request.app[keys.SETTINGS].inputs.max_bytes
+
+    async def walk(value: Any, path: str) -> Any:
+        if isinstance(value, str) and value.startswith("data:"):
+            try:
+                fetched = parse_data_uri(value, path, max_bytes)
+            except Exception as exc:
+                raise ValueError(str(exc)) from None
+            key = results.input_key(task_id, path)
+            await results.put(key, fetched.data, fetched.content_type or "application/octet-stream")
+            return f"s3://{results.bucket}/{key}"
+        if isinstance(value, dict):
+            return {k: await walk(v, f"{path}.{k}" if path else k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [await walk(v, f"{path}.{i}") for i, v in enumerate(value)]
+        return value
+
+    staged: dict[str, Any] = await walk(data, "")
+    return staged
+
+
+async def get_job(request: web.Request) -> web.Response:
+    task_id = request.match_info["job_id"]
+    try:
+        task = await request.app[keys.STORE].get(task_id)
+    except StoreError as exc:
+        return error_response(503, "store_unavailable", f"task store unreachable: {exc}")
+    if task is None:
+        return error_response(404, "not_found", f"no job {task_id}")
+    url = None
+    if task.result_key and task.status == "completed":
+        # Presigned URLs expire; hand out a fresh one on every read.
+        url = await request.app[keys.RESULTS].url(task.result_key)
+    return web.json_response(job_view(task, _base_url(request), url))
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    task_id = request.match_info["job_id"]
+    store = request.app[keys.STORE]
+    try:
+        task = await store.request_cancel(task_id)
+    except StaleTransition as stale:
+        if stale.task is None:
+            return error_response(404, "not_found", f"no job {task_id}")
+        return error_response(
+            409, "already_finished", f"job {task_id} is already {stale.task.status}",
+            status=stale.task.status,
+        )  # fmt: skip
+    except StoreError as exc:
+        return error_response(503, "store_unavailable", f"task store unreachable: {exc}")
+    # If it runs here, stop it now rather than at the next heartbeat.
+    request.app[keys.RUNNER].cancel_local(task_id, "cancelled")
+    return web.json_response(job_view(task, _base_url(request)), status=202)
+
+
+async def list_handlers(request: web.Request) -> web.Response:
+    items = [
+        {
+            "kind": spec.kind,
+            "slug": spec.slug,
+            "resource": spec.resource,
+            "description": spec.cls.description,
+            "timeout_s": spec.cls.timeout_s,
+            "distribution": spec.distribution,
+            "submit_url": f"/api/v1/{spec.slug}/jobs",
+            "input_schema": spec.cls.input_model.model_json_schema(),
+        }
+        for spec in request.app[keys.REGISTRY]
+    ]
+    return web.json_response({"handlers": items})
+
+
+async def health(request: web.Request) -> web.Response:
+    app = request.app
+    checks: dict[str, str] = {}
+    try:
+        await app[keys.STORE].get("__health__")
+        checks["dynamodb"] = "healthy"
+    except StoreError:
+        checks["dynamodb"] = "degraded"
+    consumer = app[keys.CONSUMER]
+    if consumer is not None and consumer.resources:
+        checks["sqs"] = "degraded" if consumer.last_poll_ok is False else "healthy"
+    for kind, handler in app[keys.HANDLERS].items():
+        try:
+            for name, state in (await handler.health()).items():
+                checks[name] = state if checks.get(name) != "degraded" else "degraded"
+        except Exception as exc:
+            log.warning("health_check_failed", kind=kind, error=str(exc))
+            checks[kind] = "degraded"
+    status = "healthy" if all(v == "healthy" for v in checks.values()) else "degraded"
+    return web.json_response({"status": status, "checks": checks})
+
+
+async def ready(request: web.Request) -> web.Response:
+    app = request.app
+    consumer = app[keys.CONSUMER]
+    reasons = []
+    if app[keys.SETTINGS].consumer.enabled and (consumer is None or not consumer.running):
+        reasons.append("consumer not running")
+    if consumer is not None and consumer.draining:
+        reasons.append("draining")
+    if any(not h.ready() for h in app[keys.HANDLERS].values()):
+        reasons.append("a handler is not ready")
+    if reasons:
+        return web.json_response({"ready": False, "reasons": reasons}, status=503)
+    return web.json_response({"ready": True})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    payload = generate_latest(request.app[keys.METRICS].registry)
+    return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(build_openapi(request.app[keys.REGISTRY]))
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/v1/{slug}/jobs", submit)
+    app.router.add_post("/api/v1/{slug}/tasks", submit)
+    app.router.add_get("/api/v1/jobs/{job_id}", get_job)
+    app.router.add_get("/api/v1/tasks/{job_id}", get_job)
+    app.router.add_delete("/api/v1/jobs/{job_id}", cancel_job)
+    app.router.add_delete("/api/v1/tasks/{job_id}", cancel_job)
+    app.router.add_get("/api/v1/handlers", list_handlers)
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)

@@ -1,0 +1,167 @@
+"""``create_app(settings)``: the one place the application is assembled.
+
+Resources open in ``cleanup_ctx`` in dependency order and close in reverse:
+embedded endpoint → HTTP session and AWS clients → store/queue/results →
+handlers → consumer. So the consumer drains before the clients it uses close.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from shortdrama_worker import api, keys
+from shortdrama_worker.aws import open_clients
+from shortdrama_worker.consumer import Consumer
+from shortdrama_worker.context import GpuSlots
+from shortdrama_worker.embedded import embedded_aws
+from shortdrama_worker.handlers.base import Handler, HandlerEnv
+from shortdrama_worker.inputs import InputFetcher
+from shortdrama_worker.metrics import Metrics
+from shortdrama_worker.middleware import json_errors, request_context
+from shortdrama_worker.plugins import HandlerRegistry, PluginError
+from shortdrama_worker.provision import provision
+from shortdrama_worker.queue import JobQueue
+from shortdrama_worker.results import ResultStore
+from shortdrama_worker.runner import JobRunner
+from shortdrama_worker.settings import Settings
+from shortdrama_worker.store import TaskStore
+
+log = structlog.get_logger("shortdrama_worker.app")
+
+CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
+
+
+def create_app(
+    settings: Settings,
+    *,
+    registry: HandlerRegistry | None = None,
+    metrics: Metrics | None = None,
+) -> web.Application:
+    """Build the application. Handlers come from entry points unless ``registry`` is given."""
+    app = web.Application(
+        client_max_size=settings.api.max_body_bytes,
+        middlewares=[request_context, json_errors],
+    )
+    app[keys.SETTINGS] = settings
+    app[keys.METRICS] = metrics or Metrics()
+    app[keys.REGISTRY] = (
+        registry if registry is not None else HandlerRegistry.discover(settings.handlers.allow)
+    )
+    app.cleanup_ctx.extend([_aws_endpoint, _clients, _services, _handlers, _consumer])
+    api.add_routes(app)
+    return app
+
+
+def instance_id(settings: Settings) -> str:
+    return settings.instance_id or f"{socket.gethostname()}:{os.getpid()}"
+
+
+async def _aws_endpoint(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    if settings.local.embedded_aws:
+        async with embedded_aws(settings.local.embedded_aws_port) as url:
+            app[keys.ENDPOINT_URL] = url
+            yield
+    else:
+        app[keys.ENDPOINT_URL] = settings.aws.endpoint_url or ""
+        yield
+
+
+async def _clients(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    endpoint = app[keys.ENDPOINT_URL] or None
+    # One session for the whole process: handlers, input fetches, providers.
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+    async with (
+        aiohttp.ClientSession(timeout=timeout, raise_for_status=False) as http,
+        open_clients(settings.aws, endpoint) as clients,
+    ):
+        app[keys.HTTP] = http
+        app[keys.AWS] = clients
+        yield
+
+
+async def _services(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    clients = app[keys.AWS]
+    if settings.local.provision or settings.local.embedded_aws:
+        for line in await provision(clients, settings):
+            log.info("provisioned", resource=line)
+    app[keys.STORE] = TaskStore(
+        clients.dynamodb, settings.store.table, ttl_days=settings.store.ttl_days
+    )
+    queue = JobQueue(clients.sqs, settings)
+    await queue.resolve()
+    app[keys.QUEUE] = queue
+    app[keys.RESULTS] = ResultStore(clients.s3, settings.results)
+    yield
+
+
+async def _handlers(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    handlers: dict[str, Handler] = {}
+    try:
+        for spec in app[keys.REGISTRY]:
+            raw = settings.handlers.options.get(spec.kind, {})
+            section: Any = raw
+            if spec.cls.settings_model is not None:
+                try:
+                    section = spec.cls.settings_model.model_validate(raw)
+                except Exception as exc:
+                    raise PluginError(
+                        f"[handlers.options.{spec.kind}] is invalid: {exc}"
+                    ) from None
+            env = HandlerEnv(
+                kind=spec.kind,
+                http=app[keys.HTTP],
+                log=structlog.get_logger(f"shortdrama_worker.handlers.{spec.kind}"),
+                settings=section,
+                metrics=app[keys.METRICS],
+            )
+            handler = spec.cls(env)
+            await handler.startup()
+            handlers[spec.kind] = handler
+        app[keys.HANDLERS] = handlers
+        metrics = app[keys.METRICS]
+        app[keys.RUNNER] = JobRunner(
+            settings=settings,
+            owner=instance_id(settings),
+            store=app[keys.STORE],
+            queue=app[keys.QUEUE],
+            results=app[keys.RESULTS],
+            fetcher=InputFetcher(app[keys.HTTP], app[keys.AWS].s3, settings.inputs),
+            http=app[keys.HTTP],
+            registry=app[keys.REGISTRY],
+            handlers=handlers,
+            metrics=metrics,
+            gpu_slots=GpuSlots(settings.gpu.slots, metrics),
+        )
+        yield
+    finally:
+        for kind, handler in handlers.items():
+            try:
+                await handler.shutdown()
+            except Exception:
+                log.exception("handler_shutdown_failed", kind=kind)
+
+
+async def _consumer(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    if not settings.consumer.enabled:
+        app[keys.CONSUMER] = None
+        yield
+        return
+    consumer = Consumer(settings, app[keys.QUEUE], app[keys.RUNNER])
+    app[keys.CONSUMER] = consumer
+    consumer.start()
+    try:
+        yield
+    finally:
+        await consumer.stop()

@@ -1,0 +1,306 @@
+"""``shortdrama-worker``: serve, init, handlers, submit, status.
+
+Exit codes: 0 success; 1 the job failed or was cancelled; 2 usage or
+configuration error; 3 the service or AWS could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import mimetypes
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from shortdrama_worker import __version__
+
+EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.func(args)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = exc.code
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shortdrama-worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=__version__)
+    parser.add_argument("--config", help="TOML file (default: $SHORTDRAMA_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the job API and the SQS consumer")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("init", help="create queues, DLQs, table and bucket (idempotent)")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("handlers", help="list installed handler kinds")
+    p.set_defaults(func=cmd_handlers)
+
+    p = sub.add_parser("submit", help="submit a job to a running daemon")
+    p.add_argument("kind", help="kind (face_mask) or route slug (face-mask)")
+    p.add_argument("--input", help="job input as a JSON object")
+    p.add_argument(
+        "--image", action="append", default=[], metavar="[FIELD=]PATH",
+        help="a local image sent inline; FIELD defaults to image_url (repeatable)",
+    )  # fmt: skip
+    p.add_argument("--wait", action="store_true", help="wait and show progress until it ends")
+    p.add_argument("--output", help="with --wait: download the result to this file")
+    p.add_argument("--api", help="API base URL (default from config)")
+    p.add_argument("--idempotency-key")
+    p.add_argument("--timeout", type=float, default=1800.0, help="--wait limit in seconds")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("status", help="show a job")
+    p.add_argument("job_id")
+    p.add_argument("--api", help="API base URL (default from config)")
+    p.set_defaults(func=cmd_status)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from shortdrama_worker.settings import ConfigError, load_settings
+
+    try:
+        return load_settings(args.config)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
+# -- serve ---------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from shortdrama_worker.logconfig import configure_logging
+
+    settings = _settings(args)
+    configure_logging(settings.log)
+    return asyncio.run(_serve(settings))
+
+
+async def _serve(settings: Any) -> int:
+    """Serve until SIGTERM/SIGINT, then drain while the API still answers.
+
+    ``web.run_app`` closes the listening socket before cleanup, so /ready
+    could never say 503 while draining; the runner is driven here instead,
+    with the same application ``create_app`` builds.
+    """
+    import structlog
+    from aiohttp import web
+
+    from shortdrama_worker import keys
+    from shortdrama_worker.app import create_app
+    from shortdrama_worker.plugins import PluginError
+
+    log = structlog.get_logger("shortdrama_worker.serve")
+    try:
+        app = create_app(settings)
+    except PluginError as exc:
+        raise CliError(str(exc)) from None
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    try:
+        await runner.setup()
+    except PluginError as exc:
+        raise CliError(str(exc)) from None
+    except Exception as exc:
+        log.error("startup_failed", error=str(exc))
+        raise CliError(f"start-up failed: {exc}", EXIT_UNREACHABLE) from None
+    site = web.TCPSite(runner, settings.api.host, settings.api.port)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1] if site._server else settings.api.port  # type: ignore[union-attr]
+    api_url = settings.api.public_url or f"http://{settings.api.host}:{port}"
+    log.info("serving", api=api_url, aws=app[keys.ENDPOINT_URL] or "aws",
+             handlers=sorted(app[keys.HANDLERS]))  # fmt: skip
+    if sys.stdout.isatty() or settings.local.embedded_aws:
+        print(f"shortdrama-worker {__version__} serving on {api_url}", flush=True)
+        if settings.local.embedded_aws:
+            print(f"  embedded AWS endpoint: {app[keys.ENDPOINT_URL]}", flush=True)
+            print(
+                f"  try: shortdrama-worker submit face-mask --api {api_url} "
+                "--image examples/face.png --wait --output /tmp/masked.png",
+                flush=True,
+            )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutdown_requested")
+    consumer = app[keys.CONSUMER]
+    if consumer is not None:
+        await consumer.stop()  # /ready answers 503 from here on
+    await runner.cleanup()
+    log.info("stopped")
+    return EXIT_OK
+
+
+# -- init / handlers -----------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+
+    async def run() -> None:
+        from shortdrama_worker.aws import open_clients
+        from shortdrama_worker.provision import provision
+
+        async with open_clients(settings.aws, settings.aws.endpoint_url) as clients:
+            for line in await provision(clients, settings):
+                print(line)
+
+    try:
+        asyncio.run(run())
+    except Exception as exc:
+        raise CliError(f"init failed: {exc}", EXIT_UNREACHABLE) from None
+    return EXIT_OK
+
+
+def cmd_handlers(args: argparse.Namespace) -> int:
+    from shortdrama_worker.plugins import HandlerRegistry, PluginError
+
+    settings = _settings(args)
+    try:
+        registry = HandlerRegistry.discover(settings.handlers.allow)
+    except PluginError as exc:
+        raise CliError(str(exc)) from None
+    rows = [("KIND", "ROUTE", "RESOURCE", "DISTRIBUTION")]
+    rows += [(s.kind, f"/api/v1/{s.slug}/jobs", s.resource, s.distribution) for s in registry]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+# -- submit / status -----------------------------------------------------------
+
+
+def _api_url(args: argparse.Namespace) -> str:
+    if args.api:
+        return str(args.api).rstrip("/")
+    settings = _settings(args)
+    if settings.api.public_url:
+        return str(settings.api.public_url).rstrip("/")
+    return f"http://{settings.api.host}:{settings.api.port}"
+
+
+def _inline_image(path_arg: str) -> tuple[str, str]:
+    field, _, path = path_arg.rpartition("=") if "=" in path_arg else ("image_url", "", path_arg)
+    file = Path(path)
+    if not file.is_file():
+        raise CliError(f"--image {path_arg}: no such file")
+    mime = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+    if not mime.startswith("image/"):
+        raise CliError(f"--image {path_arg}: not an image file ({mime})")
+    encoded = base64.b64encode(file.read_bytes()).decode()
+    return field, f"data:{mime};base64,{encoded}"
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    payload: dict[str, Any] = {}
+    if args.input:
+        try:
+            payload = json.loads(args.input)
+        except ValueError as exc:
+            raise CliError(f"--input is not valid JSON: {exc}") from None
+        if not isinstance(payload, dict):
+            raise CliError("--input must be a JSON object")
+    for image in args.image:
+        field, uri = _inline_image(image)
+        payload[field] = uri
+    if not payload:
+        raise CliError("nothing to submit: give --input JSON and/or --image PATH")
+    if args.output and not args.wait:
+        raise CliError("--output needs --wait")
+    return asyncio.run(_submit(args, _api_url(args), payload))
+
+
+async def _submit(args: argparse.Namespace, api: str, payload: dict[str, Any]) -> int:
+    slug = args.kind.replace("_", "-")
+    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
+    async with aiohttp.ClientSession() as http:
+        body = await _request(http, "POST", f"{api}/api/v1/{slug}/jobs", json=payload, headers=headers)
+        job_id = body["job_id"]
+        print(f"submitted {body['kind']} job {job_id}", file=sys.stderr)
+        if not args.wait:
+            print(job_id)
+            return EXIT_OK
+        job = await _wait(http, f"{api}/api/v1/jobs/{job_id}", args.timeout)
+        if job["status"] != "completed":
+            print(f"job {job_id} {job['status']}: {job.get('error_message') or ''}", file=sys.stderr)
+            return EXIT_JOB_FAILED
+        print(job["result_url"])
+        if args.output:
+            async with http.get(job["result_url"]) as resp:
+                if resp.status != 200:
+                    raise CliError(f"result download failed: HTTP {resp.status}", EXIT_UNREACHABLE)
+                Path(args.output).write_bytes(await resp.read())
+            print(f"saved {args.output}", file=sys.stderr)
+        return EXIT_OK
+
+
+async def _wait(http: aiohttp.ClientSession, url: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    tty = sys.stderr.isatty()
+    delay = 0.2
+    while True:
+        job = await _request(http, "GET", url)
+        stage = f" {job['stage']}" if job.get("stage") else ""
+        line = f"{job['status']:<10} {job.get('progress') or 0:5.1f}%{stage}"
+        print(("\r" + line.ljust(60)) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+        if job["status"] in ("completed", "failed", "cancelled"):
+            if tty:
+                print(file=sys.stderr)
+            return job
+        if time.monotonic() > deadline:
+            raise CliError(f"still {job['status']} after {timeout:g} s; check later with `status`", EXIT_JOB_FAILED)
+        await asyncio.sleep(delay)
+        delay = min(delay * 1.5, 2.0)
+
+
+async def _request(http: aiohttp.ClientSession, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+    try:
+        async with http.request(method, url, **kwargs) as resp:
+            text = await resp.text()
+            try:
+                body = json.loads(text)
+            except ValueError:
+                body = {"error": {"message": text[:200]}}
+            if resp.status >= 400:
+                message = body.get("error", {}).get("message", text[:200])
+                code = EXIT_UNREACHABLE if resp.status >= 500 else EXIT_USAGE
+                raise CliError(f"HTTP {resp.status}: {message}", code)
+            return dict(body)
+    except aiohttp.ClientConnectionError as exc:
+        raise CliError(f"cannot reach the daemon at {url}: {exc}", EXIT_UNREACHABLE) from None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    async def run() -> dict[str, Any]:
+        async with aiohttp.ClientSession() as http:
+            return await _request(http, "GET", f"{_api_url(args)}/api/v1/jobs/{args.job_id}")
+
+    job = asyncio.run(run())
+    print(json.dumps(job, indent=2))
+    return EXIT_OK if job["status"] not in ("failed", "cancelled") else EXIT_JOB_FAILED

@@ -1,0 +1,298 @@
+"""Following one prompt to its end without ever missing the end.
+
+The WebSocket is the fast path: ``progress`` feeds the job's progress and
+``executing`` with ``node: null`` (or ``execution_success``/``_error``/
+``_interrupted``) says the prompt is done. The socket is not trusted alone,
+because completion events do get lost in practice (see the reference notes):
+
+* when it drops, it is reopened with bounded exponential backoff, and each
+  reopening is followed by a look at ``/queue`` and ``/history/{id}``, so a
+  prompt that finished while the socket was down is seen at once;
+* when it stays silent about our prompt for ``poll_interval_s``, the same
+  look is taken as a slow safety net;
+* if it cannot be reopened at all, the run carries on by polling
+  ``fallback_poll_s``; only when HTTP is down too does the job fail (transient).
+
+Each run opens its own socket under a fresh ``clientId``: ComfyUI keeps one
+socket per client id, so two concurrent jobs sharing one id would steal each
+other's events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from shortdrama_worker.comfy.errors import (
+    ComfyInterruptedError,
+    ComfyPromptLostError,
+    ComfyUnavailableError,
+    execution_error,
+)
+from shortdrama_worker.comfy.protocol import (
+    TERMINAL_EVENTS,
+    Event,
+    OutputImage,
+    parse_event,
+    parse_history_entry,
+)
+from shortdrama_worker.errors import PermanentJobError
+
+if TYPE_CHECKING:
+    from shortdrama_worker.comfy.client import ComfyClient
+
+# Once a terminal event was seen, ``executing {node: null}`` follows within
+# milliseconds; if it does not, look at history this soon rather than after
+# a full poll interval, because the GPU slot is held until then.
+_AFTER_TERMINAL_POLL_S = 0.25
+_MAX_MSG_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A ``progress`` event: ``value`` of ``max`` steps done in ``node``."""
+
+    value: float
+    max: float
+    node: str | None
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, max(0.0, self.value / self.max)) if self.max > 0 else 0.0
+
+
+ProgressCallback = Callable[[Progress], Awaitable[None]]
+
+
+class PromptRun:
+    """One prompt from submission to its outputs.
+
+    ::
+
+        async with client.prompt_run(graph) as run:  # opens the socket
+            async with ctx.gpu():
+                await run.submit()
+                images = await run.wait(on_progress)
+
+    Leaving the block with an exception (``CancelledError`` included) while
+    the prompt is queued or running withdraws it from ComfyUI — queue delete
+    plus ``/interrupt`` for this prompt id — shielded from the cancellation, so
+    a cancelled or timed-out job never leaves the GPU busy behind it.
+    """
+
+    def __init__(self, client: ComfyClient, graph: Mapping[str, Any], *, prompt_id: str) -> None:
+        self.client = client
+        self.graph = graph
+        self.prompt_id = prompt_id
+        self.client_id = uuid.uuid4().hex
+        self.submitted_at: float | None = None
+        self.started_at: float | None = None
+        """When ComfyUI began executing (``execution_start``), monotonic clock."""
+        self.finished_at: float | None = None
+        self.reconnects = 0
+        self.polls = 0
+        self.cancel_sent = False
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._finished = False
+
+    async def __aenter__(self) -> PromptRun:
+        await self._connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc is not None and self.submitted_at is not None and not self._finished:
+                # Shielded: the task may be mid-cancellation, and an interrupt that
+                # never reaches ComfyUI leaves the GPU working for nobody.
+                self.cancel_sent = await asyncio.shield(self.client.cancel_quietly(self.prompt_id))
+        finally:
+            await self._close()
+
+    async def submit(self) -> None:
+        """``POST /prompt`` with this run's client id and prompt id."""
+        self.prompt_id = await self.client.submit(
+            self.graph, prompt_id=self.prompt_id, client_id=self.client_id
+        )
+        self.submitted_at = time.monotonic()
+
+    async def wait(self, on_progress: ProgressCallback | None = None) -> list[OutputImage]:
+        """Follow the prompt until it ends; return its saved images.
+
+        Raises ``ComfyExecutionError`` (a node failed), ``ComfyInterruptedError``
+        (someone else interrupted it), ``ComfyPromptLostError`` (ComfyUI forgot
+        it) or ``ComfyUnavailableError`` (neither socket nor HTTP answers).
+        """
+        if self.submitted_at is None:
+            raise RuntimeError("submit() first")
+        options = self.client.options
+        # Connect failures and sockets that closed before telling us anything,
+        # since we last heard about our prompt; bounded by reconnect_attempts.
+        failures = 0
+        next_connect = 0.0
+        last_heard = time.monotonic()
+        terminal_seen = False
+        while True:
+            now = time.monotonic()
+            if self._ws is None:
+                if failures < options.reconnect_attempts:
+                    if now < next_connect:
+                        await asyncio.sleep(next_connect - now)
+                        continue
+                    try:
+                        await self._connect()
+                    except ComfyUnavailableError:
+                        failures += 1
+                        next_connect = time.monotonic() + self._backoff(failures)
+                        if failures < options.reconnect_attempts:
+                            continue
+                        # Out of attempts: HTTP decides whether to go on by polling.
+                    else:
+                        self.reconnects += 1
+                else:
+                    await asyncio.sleep(options.fallback_poll_s)
+                # Whatever happened while the socket was down, history knows.
+                entry = await self._reconcile()
+                if entry is not None:
+                    return self._finish(entry)
+                last_heard = time.monotonic()
+                continue
+
+            quiet_for = _AFTER_TERMINAL_POLL_S if terminal_seen else options.poll_interval_s
+            try:
+                message = await self._ws.receive(timeout=max(0.0, last_heard + quiet_for - now))
+            except TimeoutError:
+                entry = await self._reconcile()
+                if entry is not None:
+                    return self._finish(entry)
+                last_heard = time.monotonic()
+                continue
+
+            if message.type in (aiohttp.WSMsgType.BINARY,):
+                continue  # preview frames: not results, and not about completion
+            if message.type is not aiohttp.WSMsgType.TEXT:
+                # CLOSE, CLOSED, ERROR: reopen at once the first time, then back off
+                # so that a socket that keeps closing cannot spin.
+                await self._close()
+                failures += 1
+                next_connect = time.monotonic() + (
+                    self._backoff(failures - 1) if failures > 1 else 0.0
+                )
+                continue
+            event = _decode(message.data)
+            if event is None or event.prompt_id != self.prompt_id:
+                continue
+            last_heard = time.monotonic()
+            failures = 0
+            if event.type == "executing" and event.data.get("node") is None:
+                entry = await self._history_after_end()
+                if entry is not None:
+                    return self._finish(entry)
+                terminal_seen = True
+            elif event.type in TERMINAL_EVENTS:
+                terminal_seen = True
+            elif event.type == "execution_start" or event.type == "executing":
+                if self.started_at is None:
+                    self.started_at = time.monotonic()
+            elif event.type == "progress" and on_progress is not None:
+                if self.started_at is None:
+                    self.started_at = time.monotonic()
+                await on_progress(_progress(event))
+
+    def _backoff(self, failures: int) -> float:
+        options = self.client.options
+        return float(
+            min(options.reconnect_backoff_s * 2 ** (failures - 1), options.reconnect_backoff_max_s)
+        )
+
+    async def _reconcile(self) -> Mapping[str, Any] | None:
+        """Ask ``/queue`` and ``/history`` where the prompt is; its entry if finished."""
+        self.polls += 1
+        state, entry = await self.client.prompt_state(self.prompt_id)
+        if state == "unknown":
+            raise ComfyPromptLostError(
+                f"ComfyUI lost prompt {self.prompt_id} (restarted or queue cleared)"
+            )
+        if state == "running" and self.started_at is None:
+            self.started_at = time.monotonic()
+        return entry
+
+    async def _history_after_end(self) -> Mapping[str, Any] | None:
+        """History of a prompt ComfyUI just reported finished (written right before)."""
+        deadline = time.monotonic() + self.client.options.history_wait_s
+        delay = 0.02
+        while True:
+            entry = await self.client.history(self.prompt_id)
+            if entry is not None or time.monotonic() >= deadline:
+                return entry
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def _finish(self, entry: Mapping[str, Any]) -> list[OutputImage]:
+        self._finished = True
+        self.finished_at = time.monotonic()
+        if self.started_at is None:
+            self.started_at = self.submitted_at
+        outcome = parse_history_entry(entry)
+        if outcome.status == "interrupted":
+            raise ComfyInterruptedError(f"prompt {self.prompt_id} was interrupted in ComfyUI")
+        if outcome.status == "error":
+            raise execution_error(outcome.error or {}, self.graph)
+        if not outcome.images:
+            raise PermanentJobError(
+                "the workflow finished without saving an image (no SaveImage output)"
+            )
+        return outcome.images
+
+    async def _connect(self) -> None:
+        started = time.monotonic()
+        url = self.client.ws_url(self.client_id)
+        try:
+            async with asyncio.timeout(self.client.options.connect_timeout_s):
+                self._ws = await self.client.http.ws_connect(
+                    url,
+                    heartbeat=self.client.options.ws_heartbeat_s,
+                    max_msg_size=_MAX_MSG_BYTES,
+                )
+        except TimeoutError as exc:
+            self.client.record("timeout", started, failed=True)
+            raise ComfyUnavailableError(f"ComfyUI WebSocket {url} timed out") from exc
+        except aiohttp.ClientError as exc:
+            self.client.record("connection", started, failed=True)
+            raise ComfyUnavailableError(f"ComfyUI WebSocket {url} unreachable: {exc}") from exc
+        self.client.record("1xx", started)
+
+    async def _close(self) -> None:
+        ws, self._ws = self._ws, None
+        if ws is not None and not ws.closed:
+            await ws.close()
+
+
+def _decode(data: str) -> Event | None:
+    try:
+        return parse_event(json.loads(data))
+    except ValueError:
+        return None
+
+
+def _progress(event: Event) -> Progress:
+    value = event.data.get("value")
+    maximum = event.data.get("max")
+    node = event.data.get("node")
+    return Progress(
+        value=float(value) if isinstance(value, int | float) else 0.0,
+        max=float(maximum) if isinstance(maximum, int | float) else 0.0,
+        node=str(node) if node is not None else None,
+    )

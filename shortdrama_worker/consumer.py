@@ -1,0 +1,135 @@
+"""The in-process SQS consumer: long polling, capacity-bound, graceful to stop.
+
+It asks SQS only for as many messages as it has free slots, so no message
+waits in a local buffer while its visibility runs out. Stopping happens in
+two phases: stop receiving (an in-flight long poll is allowed to finish and
+its messages are handed straight back), let running jobs finish within the
+grace period, then cancel the rest, which hands them back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+
+from shortdrama_worker.queue import JobQueue, QueueError
+from shortdrama_worker.runner import JobRunner
+from shortdrama_worker.settings import Resource, Settings
+
+log = structlog.get_logger("shortdrama_worker.consumer")
+
+_MAX_POLL_BACKOFF_S = 30.0
+_DEPTH_POLL_S = 15.0
+
+
+class Consumer:
+    """One poll loop per consumed resource class, feeding ``JobRunner``."""
+
+    def __init__(self, settings: Settings, queue: JobQueue, runner: JobRunner) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.runner = runner
+        self.resources: list[Resource] = [
+            r
+            for r in settings.consumer.consume
+            if any(spec.resource == r for spec in runner.registry)
+        ]
+        self._stopping = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._jobs: set[asyncio.Task[None]] = set()
+        self.running = False
+        self.draining = False
+        self.last_poll_ok: bool | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._jobs)
+
+    def start(self) -> None:
+        for resource in self.resources:
+            self._loops.append(asyncio.create_task(self._poll(resource), name=f"poll-{resource}"))
+        self._loops.append(asyncio.create_task(self._watch_depth(), name="queue-depth"))
+        self.running = True
+        log.info("consumer_started", resources=self.resources)
+
+    async def stop(self) -> None:
+        """Drain: stop receiving, wait out the grace period, then hand jobs back."""
+        self.draining = True
+        self._stopping.set()
+        loops = [t for t in self._loops if not t.get_name().startswith("queue-depth")]
+        for task in self._loops:
+            if task not in loops:
+                task.cancel()
+        # A long poll in progress finishes (≤ wait_time_s) rather than being
+        # dropped: a dropped ReceiveMessage leaves its messages invisible.
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._jobs:
+            log.info("draining", in_flight=len(self._jobs))
+            _, pending = await asyncio.wait(self._jobs, timeout=self.settings.consumer.shutdown_grace_s)
+            if pending:
+                log.warning("grace_period_over", returning=len(pending))
+                for job in list(self.runner.running.values()):
+                    job.cancel("shutdown")
+                await asyncio.gather(*pending, return_exceptions=True)
+        self.running = False
+        log.info("consumer_stopped")
+
+    async def _poll(self, resource: Resource) -> None:
+        capacity = self.settings.consumer.max_in_flight[resource]
+        slots = asyncio.Semaphore(capacity)
+        failures = 0
+        while not self._stopping.is_set():
+            await slots.acquire()
+            wanted = 1
+            while wanted < min(capacity, 10) and not slots.locked():
+                await slots.acquire()
+                wanted += 1
+            try:
+                messages = await self.queue.receive(
+                    resource, wanted, self.settings.queues.wait_time_s
+                )
+                failures = 0
+                self.last_poll_ok = True
+            except QueueError as exc:
+                for _ in range(wanted):
+                    slots.release()
+                failures += 1
+                self.last_poll_ok = False
+                self.runner.metrics.sqs_errors.labels("receive").inc()
+                delay = min(_MAX_POLL_BACKOFF_S, 0.5 * 2**failures)
+                log.warning("receive_failed", error=str(exc), retry_in_s=delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                continue
+            for _ in range(wanted - len(messages)):
+                slots.release()
+            if messages:
+                self.runner.metrics.messages_received.labels(resource).inc(len(messages))
+            for message in messages:
+                if self._stopping.is_set():
+                    slots.release()
+                    with contextlib.suppress(QueueError):
+                        await self.queue.set_visibility(message, 0)
+                    continue
+                job = asyncio.create_task(self.runner.handle(message))
+                self._jobs.add(job)
+                job.add_done_callback(self._jobs.discard)
+                job.add_done_callback(lambda _t: slots.release())
+
+    async def _watch_depth(self) -> None:
+        """Export queue and DLQ depth from SQS attributes for dashboards and alerts."""
+        metrics = self.runner.metrics
+        while True:
+            for resource in self.resources:
+                for dlq in (False, True):
+                    name = self.settings.dlq_name(resource) if dlq else self.settings.queue_name(resource)
+                    try:
+                        visible, invisible = await self.queue.depth(resource, dlq=dlq)
+                    except QueueError:
+                        metrics.sqs_errors.labels("attributes").inc()
+                        continue
+                    metrics.queue_depth.labels(name).set(visible)
+                    metrics.queue_in_flight.labels(name).set(invisible)
+            await asyncio.sleep(_DEPTH_POLL_S)

@@ -1,0 +1,1 @@
+"""Built-in handlers; registered through entry points like third-party ones."""

@@ -1,0 +1,242 @@
+"""``full_face_swap``: find a face, mask it, and swap it through Seedream, in one job.
+
+Stages (reported as progress): fetching → detecting → masking → generating →
+storing. The masked image exactly as sent to Seedream is stored too
+(non-primary) and linked in the result, so an editor can see what the model
+was asked to fill. Faces are numbered left to right (``order_faces``), the same
+with either detector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal
+
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from shortdrama_worker.errors import InputError
+from shortdrama_worker.faces.boxes import FaceBox
+from shortdrama_worker.faces.local import LocalFaceDetector
+from shortdrama_worker.faces.mask import draw_face_mask
+from shortdrama_worker.faces.qwen_vl import QwenVLDetector
+from shortdrama_worker.handlers.base import Handler, HandlerEnv, HandlerInput, Health, JobContext
+from shortdrama_worker.handlers.face_mask import select_face
+from shortdrama_worker.handlers.face_swap import (
+    DEFAULT_SWAP_PROMPT,
+    FaceSwapper,
+    OutputSize,
+    extension,
+    image_record,
+    input_record,
+    load_section,
+)
+from shortdrama_worker.handlers.fields import ImageRef
+from shortdrama_worker.providers.dashscope import DashScopeClient, DashScopeSettings
+from shortdrama_worker.providers.seedream import SeedreamClient, SeedreamSettings
+
+DetectorName = Literal["local", "qwen_vl"]
+
+
+class FullFaceSwapInput(HandlerInput):
+    source_image: ImageRef = Field(
+        description="The frame with the face to replace: https://, s3:// or data:image/… URI."
+    )
+    target_face: ImageRef = Field(
+        description="A clear photo of the face to put there (one person, facing the camera)."
+    )
+    face_index: int = Field(
+        default=0, ge=0, le=64, description="Which face to replace, counting from 0, left to right."
+    )
+    size: OutputSize = "auto"
+    watermark: bool | None = Field(
+        default=None,
+        description="Add the provider's 'AI generated' mark; unset uses the worker's setting.",
+    )
+    detector: DetectorName | None = Field(
+        default=None,
+        description="Face detector for this job; only honoured where the worker allows "
+        "choosing it (allow_detector_choice), otherwise its configured one is used.",
+    )
+
+
+class LocalDetectorSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min_face_size: int = Field(default=40, ge=12, description="Smallest face, in detection pixels.")
+    min_confidence: float = Field(default=0.9, gt=0, le=1)
+    detect_max_side: int = Field(default=1024, ge=256)
+
+
+class FullFaceSwapSettings(BaseModel):
+    """``[handlers.options.full_face_swap]``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    detector: DetectorName = Field(
+        default="local", description="local (MTCNN, free) or qwen_vl (DashScope, paid)."
+    )
+    allow_detector_choice: bool = Field(
+        default=False, description="Let a job pick its detector with the detector field."
+    )
+    local: LocalDetectorSettings = Field(default_factory=LocalDetectorSettings)
+    dashscope: DashScopeSettings = Field(default_factory=DashScopeSettings)
+    ark: SeedreamSettings = Field(default_factory=SeedreamSettings)
+    watermark: bool = Field(default=True, description="Default for jobs that do not say.")
+    prompt: str = Field(default=DEFAULT_SWAP_PROMPT, min_length=20, max_length=4000)
+
+
+class FullFaceSwapHandler(Handler):
+    """Detect → mask → Seedream swap, with the mask kept next to the result."""
+
+    slug = "full-face-swap"
+    resource = "cpu"
+    input_model = FullFaceSwapInput
+    settings_model = FullFaceSwapSettings
+    timeout_s = 960.0
+    description = (
+        "Replace one face of a frame with the target face: detect, mask, then Seedream. "
+        "Stores the masked image too and links it in the result."
+    )
+
+    def __init__(self, env: HandlerEnv) -> None:
+        super().__init__(env)
+        self.config = c = load_section(FullFaceSwapSettings, env.settings)
+        self.seedream = SeedreamClient(
+            c.ark,
+            http=env.http,
+            metrics=env.metrics,
+            log=env.log,
+            config_hint=f"handlers.options.{env.kind}.ark.api_key",
+        )
+        self.swapper = FaceSwapper(self.seedream, c.prompt)
+        self.dashscope = DashScopeClient(
+            c.dashscope,
+            http=env.http,
+            metrics=env.metrics,
+            log=env.log,
+            config_hint=f"handlers.options.{env.kind}.dashscope.api_key",
+        )
+        self.qwen_vl = QwenVLDetector(self.dashscope, env.log)
+        self.local = LocalFaceDetector(
+            min_face_size=c.local.min_face_size,
+            min_confidence=c.local.min_confidence,
+            detect_max_side=c.local.detect_max_side,
+        )
+
+    def _uses(self, detector: DetectorName) -> bool:
+        return self.config.detector == detector or self.config.allow_detector_choice
+
+    async def startup(self) -> None:
+        """Load the local detector now if it may be used, so a missing package stops start-up."""
+        if self._uses("local"):
+            await asyncio.to_thread(self.local.warm_up)
+
+    async def health(self) -> dict[str, Health]:
+        """``ark`` and, when the paid detector may be used, ``dashscope``."""
+        checks: dict[str, Health] = {
+            "ark": "healthy" if self.seedream.provider.healthy else "degraded"
+        }
+        if self._uses("qwen_vl"):
+            checks["dashscope"] = "healthy" if self.dashscope.provider.healthy else "degraded"
+        return checks
+
+    def _detector_for(self, p: FullFaceSwapInput) -> DetectorName:
+        if p.detector is None or p.detector == self.config.detector:
+            return self.config.detector
+        if not self.config.allow_detector_choice:
+            raise InputError(
+                "detector",
+                f"this worker uses the {self.config.detector!r} detector and does not let "
+                "jobs choose another; leave detector unset",
+                code="detector_not_allowed",
+            )
+        return p.detector
+
+    async def _detect(
+        self, name: DetectorName, image: Image.Image, ctx: JobContext
+    ) -> tuple[list[FaceBox], dict[str, Any], dict[str, int] | None]:
+        """Faces, the detector's provenance, and its provider usage (paid detector only)."""
+        if name == "qwen_vl":
+            grounding = await self.qwen_vl.locate(image, field="source_image", log=ctx.log)
+            info = {
+                "name": self.qwen_vl.name,
+                "provider": "dashscope",
+                "model": grounding.model,
+                "endpoint": self.dashscope.settings.base_url,
+                "truncated_answer": grounding.truncated,
+            }
+            return grounding.faces, info, grounding.usage
+        faces = await self.local.detect(image)
+        return faces, {"name": self.local.name, "provider": "local"}, None
+
+    async def run(self, params: Any, ctx: JobContext) -> dict[str, Any]:
+        p = (
+            params
+            if isinstance(params, FullFaceSwapInput)
+            else FullFaceSwapInput.model_validate(params)
+        )
+        detector = self._detector_for(p)
+        watermark = self.config.watermark if p.watermark is None else p.watermark
+
+        await ctx.progress(5, "fetching")
+        source, target = await asyncio.gather(
+            ctx.fetch_image(p.source_image, field="source_image"),
+            ctx.fetch_image(p.target_face, field="target_face"),
+        )
+
+        await ctx.progress(15, "detecting")
+        faces, detector_info, detect_usage = await self._detect(detector, source, ctx)
+        usage: dict[str, dict[str, int]] = {}
+        if detect_usage is not None:
+            usage["dashscope"] = detect_usage
+        face = select_face(faces, p.face_index)
+
+        await ctx.progress(30, "masking")
+        masked_image = await asyncio.to_thread(draw_face_mask, source, face)
+        masked, face_sent = await self.swapper.prepare(
+            masked_image, target, masked_field="source_image", face_field="target_face"
+        )
+        # The mask exactly as Seedream receives it: what the model was asked to fill.
+        mask_stored = await ctx.store_result(
+            masked.data, content_type=masked.content_type, name="masked.jpg", primary=False
+        )
+
+        await ctx.progress(40, "generating")
+        swap = await self.swapper.swap(
+            masked,
+            face_sent,
+            source_size=source.size,
+            size=p.size,
+            watermark=watermark,
+            log=ctx.log,
+        )
+        usage["ark"] = swap.image.usage
+
+        await ctx.progress(90, "storing")
+        stored = await ctx.store_result(
+            swap.image.data,
+            content_type=swap.image.content_type,
+            name=f"full_face_swap.{extension(swap.image.content_type)}",
+        )
+        return {
+            "image_url": stored.url,
+            "image": image_record(stored.url, stored.key, swap.image),
+            "mask_url": mask_stored.url,
+            "mask": {"url": mask_stored.url, "key": mask_stored.key},
+            "face_index": p.face_index,
+            "face_box": face.as_dict(),
+            "faces_found": len(faces),
+            "faces": [f.as_dict() for f in faces],
+            "size": swap.size,
+            "watermark": watermark,
+            "usage": usage,
+            "provenance": {
+                **self.swapper.provenance(swap),
+                "detector": detector_info,
+                "inputs": {
+                    "source_image": input_record(p.source_image, masked),
+                    "target_face": input_record(p.target_face, face_sent),
+                },
+            },
+        }

@@ -1,0 +1,176 @@
+"""Fetching and decoding input images: ``https://``, ``s3://`` and ``data:`` URIs.
+
+Every failure names the field. A fetch that may work later (connection
+refused, 5xx, timeout) is transient; anything the editor must fix (404, not
+an image, too large) is permanent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+import re
+import warnings
+from typing import Any
+from urllib.parse import unquote_to_bytes, urlsplit
+
+import aiohttp
+from botocore.exceptions import BotoCoreError, ClientError
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from shortdrama_worker.aws import error_code
+from shortdrama_worker.errors import InputError, InputUnavailableError
+from shortdrama_worker.handlers.base import FetchedInput
+from shortdrama_worker.settings import InputSettings
+
+_DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]+)*),(?P<data>.*)$", re.S)
+# Statuses after which asking again will not help.
+_PERMANENT_HTTP = {400, 401, 403, 404, 405, 410, 414, 451}
+
+
+def parse_data_uri(ref: str, field: str, max_bytes: int) -> FetchedInput:
+    """Decode a ``data:image/…;base64,…`` URI."""
+    match = _DATA_URI.match(ref)
+    if not match:
+        raise InputError(field, "malformed data: URI")
+    mime = (match["mime"] or "text/plain").lower()
+    if not mime.startswith("image/"):
+        raise InputError(field, f"data: URI has media type {mime}, expected image/*")
+    payload = match["data"]
+    # base64 grows data by 4/3; refuse before decoding a huge string.
+    if len(payload) * 3 // 4 > max_bytes:
+        raise InputError(field, f"image larger than {max_bytes} bytes", code="input_too_large")
+    try:
+        if ";base64" in (match["params"] or ""):
+            data = base64.b64decode(payload, validate=True)
+        else:
+            data = unquote_to_bytes(payload)
+    except (binascii.Error, ValueError):
+        raise InputError(field, "data: URI is not valid base64") from None
+    return FetchedInput(data=data, content_type=mime, source="data:")
+
+
+def check_ref(ref: str, *, allow_http: bool) -> str | None:
+    """Why ``ref`` cannot be an input reference, or ``None`` if its form is acceptable."""
+    if ref.startswith("data:"):
+        return None if ref.startswith("data:image/") else "data: URI must be an image/* type"
+    parts = urlsplit(ref)
+    if parts.scheme == "https" or (parts.scheme == "http" and allow_http):
+        return None if parts.hostname else "URL has no host"
+    if parts.scheme == "s3":
+        return None if parts.netloc and parts.path.strip("/") else "s3:// URI needs bucket and key"
+    allowed = "https://, s3:// or data:image/" + (", http://" if allow_http else "")
+    return f"unsupported scheme {parts.scheme or '(none)'!r}; use {allowed}"
+
+
+class InputFetcher:
+    """Fetches inputs within the configured byte, time and pixel limits."""
+
+    def __init__(self, http: aiohttp.ClientSession, s3: Any, settings: InputSettings) -> None:
+        self._http = http
+        self._s3 = s3
+        self.settings = settings
+
+    async def fetch(self, ref: str, *, field: str) -> FetchedInput:
+        problem = check_ref(ref, allow_http=self.settings.allow_http)
+        if problem:
+            raise InputError(field, problem)
+        if ref.startswith("data:"):
+            return parse_data_uri(ref, field, self.settings.max_bytes)
+        if ref.startswith("s3://"):
+            return await self._fetch_s3(ref, field)
+        return await self._fetch_http(ref, field)
+
+    async def fetch_image(self, ref: str, *, field: str) -> Image.Image:
+        fetched = await self.fetch(ref, field=field)
+        return await asyncio.to_thread(decode_image, fetched.data, field, self.settings.max_pixels)
+
+    async def _fetch_http(self, url: str, field: str) -> FetchedInput:
+        limit = self.settings.max_bytes
+        timeout = aiohttp.ClientTimeout(total=self.settings.timeout_s)
+        try:
+            async with self._http.get(url, timeout=timeout, max_redirects=5) as resp:
+                if resp.status in _PERMANENT_HTTP:
+                    raise InputError(field, f"{url} answered HTTP {resp.status}")
+                if resp.status >= 400:
+                    raise InputUnavailableError(field, f"{url} answered HTTP {resp.status}")
+                if resp.content_length is not None and resp.content_length > limit:
+                    raise InputError(
+                        field, f"{url} is larger than {limit} bytes", code="input_too_large"
+                    )
+                content_type = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
+                if content_type and not (
+                    content_type.startswith("image/") or content_type == "application/octet-stream"
+                ):
+                    raise InputError(field, f"{url} is {content_type}, not an image")
+                chunks = []
+                size = 0
+                async for chunk in resp.content.iter_chunked(64 * 1024):
+                    size += len(chunk)
+                    if size > limit:
+                        raise InputError(
+                            field, f"{url} is larger than {limit} bytes", code="input_too_large"
+                        )
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise InputUnavailableError(
+                field, f"{url} did not answer within {self.settings.timeout_s:g} s"
+            ) from None
+        except aiohttp.TooManyRedirects:
+            raise InputError(field, f"{url} redirects too many times") from None
+        except aiohttp.ClientError as exc:
+            raise InputUnavailableError(field, f"{url} unreachable: {exc}") from None
+        return FetchedInput(data=b"".join(chunks), content_type=content_type or None, source=url)
+
+    async def _fetch_s3(self, ref: str, field: str) -> FetchedInput:
+        parts = urlsplit(ref)
+        bucket, key = parts.netloc, parts.path.lstrip("/")
+        limit = self.settings.max_bytes
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):
+                obj = await self._s3.get_object(Bucket=bucket, Key=key)
+                if obj.get("ContentLength", 0) > limit:
+                    raise InputError(field, f"{ref} is larger than {limit} bytes", code="input_too_large")
+                async with obj["Body"] as body:
+                    data = await body.read()
+        except TimeoutError:
+            raise InputUnavailableError(field, f"{ref} not read within {self.settings.timeout_s:g} s") from None
+        except ClientError as exc:
+            code = error_code(exc)
+            if code in ("NoSuchKey", "NoSuchBucket", "404", "AccessDenied", "403"):
+                raise InputError(field, f"{ref}: {code}") from None
+            raise InputUnavailableError(field, f"{ref}: {code or exc}") from None
+        except (BotoCoreError, OSError) as exc:
+            raise InputUnavailableError(field, f"{ref} unreachable: {exc}") from None
+        return FetchedInput(data=data, content_type=obj.get("ContentType"), source=ref)
+
+
+def decode_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
+    """Decode, refuse decompression bombs, and apply EXIF orientation.
+
+    Blocking (Pillow decodes on the calling thread): run it in a thread.
+    """
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns between MAX_IMAGE_PIXELS and twice that; our own
+            # limit below is the one that decides.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size  # from the header, before decoding pixels
+            if width * height > max_pixels:
+                raise InputError(
+                    field,
+                    f"image is {width}×{height}, over the limit of {max_pixels} pixels",
+                    code="input_too_large",
+                )
+            image.load()
+    except UnidentifiedImageError:
+        raise InputError(field, "not an image Pillow can read", code="not_an_image") from None
+    except Image.DecompressionBombError as exc:
+        raise InputError(field, f"decompression bomb refused: {exc}", code="input_too_large") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(field, f"corrupt image: {exc}", code="not_an_image") from None
+    transposed = ImageOps.exif_transpose(image)
+    return transposed if transposed is not None else image

@@ -1,0 +1,127 @@
+"""``/openapi.json``, generated from the installed handlers' pydantic models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shortdrama_worker import __version__
+from shortdrama_worker.plugins import HandlerRegistry
+
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "fields": {"type": "array", "items": {"type": "object"}},
+            },
+        }
+    },
+}
+_ACCEPTED = {
+    "type": "object",
+    "required": ["job_id", "task_id", "kind", "status", "created_at", "status_url"],
+    "properties": {
+        "job_id": {"type": "string"},
+        "task_id": {"type": "string"},
+        "kind": {"type": "string"},
+        "status": {"type": "string", "enum": ["pending"]},
+        "created_at": {"type": "number"},
+        "status_url": {"type": "string"},
+    },
+}
+_JOB = {
+    "type": "object",
+    "properties": {
+        "job_id": {"type": "string"},
+        "task_id": {"type": "string"},
+        "kind": {"type": "string"},
+        "status": {
+            "type": "string",
+            "enum": ["pending", "processing", "completed", "failed", "cancelled"],
+        },
+        "progress": {"type": "number"},
+        "stage": {"type": ["string", "null"]},
+        "result_url": {"type": ["string", "null"]},
+        "result": {"type": ["object", "null"]},
+        "error_message": {"type": ["string", "null"]},
+        "error": {"type": ["object", "null"]},
+        "attempts": {"type": "integer"},
+        "created_at": {"type": "number"},
+        "updated_at": {"type": "number"},
+        "status_url": {"type": "string"},
+    },
+}
+
+
+def _err(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def build_openapi(registry: HandlerRegistry) -> dict[str, Any]:
+    """An OpenAPI 3.1 document for the job API with one submit path per handler."""
+    schemas: dict[str, Any] = {"Error": _ERROR, "Accepted": _ACCEPTED, "Job": _JOB}
+    paths: dict[str, Any] = {}
+    for spec in registry:
+        model = spec.cls.input_model
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        name = f"{model.__name__}_{spec.kind}"
+        schemas[name] = schema
+        operation = {
+            "summary": spec.cls.description or f"Submit a {spec.kind} job",
+            "tags": [spec.resource],
+            "parameters": [
+                {"name": "Idempotency-Key", "in": "header", "required": False,
+                 "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
+            ],  # fmt: skip
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}},
+            },
+            "responses": {
+                "202": {"description": "Accepted",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}},
+                "200": {"description": "Same Idempotency-Key and body: the existing job",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}},
+                "400": _err("Malformed JSON"),
+                "413": _err("Body too large"),
+                "422": _err("Invalid input; one entry per field"),
+                "503": _err("Task store or queue unreachable; nothing was written"),
+            },  # fmt: skip
+        }
+        for suffix in ("jobs", "tasks"):
+            op = {**operation, "operationId": f"submit_{spec.kind}_{suffix}"}
+            paths[f"/api/v1/{spec.slug}/{suffix}"] = {"post": op}
+    job_ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}}
+    id_param = [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    for prefix in ("jobs", "tasks"):
+        paths[f"/api/v1/{prefix}/{{job_id}}"] = {
+            "parameters": id_param,
+            "get": {"operationId": f"get_{prefix}", "summary": "Job status and result",
+                    "responses": {"200": {"description": "The job", **job_ref}, "404": _err("Unknown job")}},
+            "delete": {"operationId": f"cancel_{prefix}", "summary": "Cancel a job",
+                       "responses": {"202": {"description": "Cancel accepted", **job_ref},
+                                     "404": _err("Unknown job"), "409": _err("Already finished")}},
+        }  # fmt: skip
+    simple = {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}}
+    paths["/api/v1/handlers"] = {"get": {"operationId": "list_handlers", "responses": simple}}
+    paths["/health"] = {"get": {"operationId": "health", "responses": simple}}
+    paths["/ready"] = {"get": {"operationId": "ready",
+                               "responses": {**simple, "503": {"description": "Not ready",
+                                   "content": {"application/json": {"schema": {"type": "object"}}}}}}}  # fmt: skip
+    paths["/metrics"] = {"get": {"operationId": "metrics", "responses": {
+        "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}}  # fmt: skip
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "shortdrama-worker job API", "version": __version__},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }

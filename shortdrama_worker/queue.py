@@ -1,0 +1,159 @@
+"""SQS: one queue per resource class, each with a DLQ; small messages naming a task."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shortdrama_worker.settings import RESOURCES, Resource, Settings
+
+MESSAGE_VERSION = 1
+
+
+class QueueError(Exception):
+    """SQS could not be reached or refused the call."""
+
+
+class MalformedMessage(ValueError):
+    """A message body that is not ``{"v":1,"task_id":…,"kind":…}``."""
+
+
+@dataclass(frozen=True)
+class JobMessage:
+    """A received message, parsed."""
+
+    resource: Resource
+    message_id: str
+    receipt_handle: str
+    body: str
+    sent_at: float | None
+    receive_count: int
+
+    def parse(self) -> tuple[str, str]:
+        """``(task_id, kind)``; raises ``MalformedMessage`` naming what is wrong."""
+        try:
+            data = json.loads(self.body)
+        except ValueError as exc:
+            raise MalformedMessage(f"body is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise MalformedMessage("body is not a JSON object")
+        if data.get("v") != MESSAGE_VERSION:
+            raise MalformedMessage(f"unsupported message version {data.get('v')!r}")
+        task_id, kind = data.get("task_id"), data.get("kind")
+        if not isinstance(task_id, str) or not task_id:
+            raise MalformedMessage("task_id missing or not a string")
+        if not isinstance(kind, str) or not kind:
+            raise MalformedMessage("kind missing or not a string")
+        return task_id, kind
+
+
+def encode(task_id: str, kind: str) -> str:
+    return json.dumps({"v": MESSAGE_VERSION, "task_id": task_id, "kind": kind})
+
+
+class JobQueue:
+    """The GPU and CPU queues and their DLQs, by resource class."""
+
+    def __init__(self, client: Any, settings: Settings) -> None:
+        self._sqs = client
+        self._settings = settings
+        self._urls: dict[str, str] = {}
+
+    async def resolve(self) -> None:
+        """Look up the queue URLs once; fails start-up if a queue is missing."""
+        for resource in RESOURCES:
+            for name in (self._settings.queue_name(resource), self._settings.dlq_name(resource)):
+                reply = await self._call("get_url", self._sqs.get_queue_url, QueueName=name)
+                self._urls[name] = reply["QueueUrl"]
+
+    def url(self, resource: Resource, *, dlq: bool = False) -> str:
+        name = self._settings.dlq_name(resource) if dlq else self._settings.queue_name(resource)
+        return self._urls[name]
+
+    async def send(self, resource: Resource, task_id: str, kind: str, *, delay_s: int = 0) -> None:
+        await self._call(
+            "send",
+            self._sqs.send_message,
+            QueueUrl=self.url(resource),
+            MessageBody=encode(task_id, kind),
+            DelaySeconds=delay_s,
+        )
+
+    async def receive(self, resource: Resource, max_messages: int, wait_s: int) -> list[JobMessage]:
+        reply = await self._call(
+            "receive",
+            self._sqs.receive_message,
+            QueueUrl=self.url(resource),
+            MaxNumberOfMessages=max(1, min(10, max_messages)),
+            WaitTimeSeconds=wait_s,
+            MessageSystemAttributeNames=["SentTimestamp", "ApproximateReceiveCount"],
+        )
+        messages = []
+        for raw in reply.get("Messages", []):
+            attrs = raw.get("Attributes", {})
+            sent = attrs.get("SentTimestamp")
+            messages.append(
+                JobMessage(
+                    resource=resource,
+                    message_id=raw["MessageId"],
+                    receipt_handle=raw["ReceiptHandle"],
+                    body=raw.get("Body", ""),
+                    sent_at=int(sent) / 1000 if sent else None,
+                    receive_count=int(attrs.get("ApproximateReceiveCount", 1)),
+                )
+            )
+        return messages
+
+    async def delete(self, message: JobMessage) -> None:
+        await self._call(
+            "delete",
+            self._sqs.delete_message,
+            QueueUrl=self.url(message.resource),
+            ReceiptHandle=message.receipt_handle,
+        )
+
+    async def set_visibility(self, message: JobMessage, seconds: float) -> None:
+        await self._call(
+            "visibility",
+            self._sqs.change_message_visibility,
+            QueueUrl=self.url(message.resource),
+            ReceiptHandle=message.receipt_handle,
+            VisibilityTimeout=max(0, min(43200, int(seconds))),
+        )
+
+    async def dead_letter(self, message: JobMessage, reason: str) -> None:
+        """Move a message to its DLQ now, with the reason as an attribute."""
+        await self._call(
+            "send",
+            self._sqs.send_message,
+            QueueUrl=self.url(message.resource, dlq=True),
+            MessageBody=message.body or "(empty)",
+            MessageAttributes={
+                "reason": {"DataType": "String", "StringValue": reason[:1000] or "unknown"},
+                "source_message_id": {"DataType": "String", "StringValue": message.message_id},
+            },
+        )
+        await self.delete(message)
+
+    async def depth(self, resource: Resource, *, dlq: bool = False) -> tuple[int, int]:
+        """(visible, in flight) messages, from the queue's attributes."""
+        reply = await self._call(
+            "attributes",
+            self._sqs.get_queue_attributes,
+            QueueUrl=self.url(resource, dlq=dlq),
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )
+        attrs = reply.get("Attributes", {})
+        return (
+            int(attrs.get("ApproximateNumberOfMessages", 0)),
+            int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
+        )
+
+    async def _call(self, operation: str, method: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(**kwargs)
+        except (ClientError, BotoCoreError, OSError) as exc:
+            raise QueueError(f"SQS {operation} failed: {exc}") from exc

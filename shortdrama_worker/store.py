@@ -1,0 +1,380 @@
+"""The task record in DynamoDB (``task_store``) and every status change on it.
+
+Each transition is one conditional ``UpdateItem``: whoever loses a race gets
+``StaleTransition`` instead of overwriting the winner. That is what keeps a
+redelivered message from running a finished job again and two instances from
+both completing one job.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shortdrama_worker.aws import error_code
+
+Status = Literal["pending", "processing", "completed", "failed", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+class StoreError(Exception):
+    """The store could not be reached or refused the call."""
+
+
+class StaleTransition(Exception):
+    """A conditional write lost: the record is no longer in the expected state."""
+
+    def __init__(self, task: Task | None) -> None:
+        super().__init__("task changed under us")
+        self.task = task
+
+
+@dataclass
+class Task:
+    """One job as stored. Field names follow the older system's record."""
+
+    task_id: str
+    job_type: str
+    status: str
+    created_at: float
+    updated_at: float
+    resource: str = "cpu"
+    input: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] | None = None
+    result_url: str | None = None
+    result_key: str | None = None
+    error_message: str | None = None
+    error_code: str | None = None
+    api_job_id: str | None = None
+    attempts: int = 0
+    progress: float = 0.0
+    stage: str | None = None
+    owner: str | None = None
+    lease_until: float | None = None
+    cancel_requested: bool = False
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    submitted_by: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    expires_at: int | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    def lease_live(self, now: float) -> bool:
+        return self.status == "processing" and (self.lease_until or 0) > now
+
+
+_JSON_FIELDS = {"input", "result"}
+_INT_FIELDS = {"attempts", "expires_at"}
+
+
+def _to_attr(value: Any) -> dict[str, Any]:
+    if isinstance(value, bool):
+        return {"BOOL": value}
+    if isinstance(value, int | float | Decimal):
+        return {"N": format(Decimal(str(value)), "f")}
+    if isinstance(value, str):
+        return {"S": value}
+    raise TypeError(f"cannot store {type(value).__name__}")
+
+
+def _marshal(task: Task) -> dict[str, dict[str, Any]]:
+    item: dict[str, dict[str, Any]] = {}
+    for name, value in task.__dict__.items():
+        if value is None:
+            continue  # absent attributes keep the GSI and conditions simple
+        if name in _JSON_FIELDS:
+            item[name] = {"S": json.dumps(value, separators=(",", ":"))}
+        else:
+            item[name] = _to_attr(value)
+    return item
+
+
+def _unmarshal(item: dict[str, dict[str, Any]]) -> Task:
+    values: dict[str, Any] = {}
+    known = Task.__dataclass_fields__
+    for name, attr in item.items():
+        if name not in known:
+            continue  # attributes written by newer versions or other tools
+        if "S" in attr:
+            values[name] = json.loads(attr["S"]) if name in _JSON_FIELDS else attr["S"]
+        elif "N" in attr:
+            number = Decimal(attr["N"])
+            values[name] = int(number) if name in _INT_FIELDS else float(number)
+        elif "BOOL" in attr:
+            values[name] = attr["BOOL"]
+    return Task(**values)
+
+
+class TaskStore:
+    """Conditional reads and writes of task records."""
+
+    def __init__(self, client: Any, table: str, *, ttl_days: int) -> None:
+        self._db = client
+        self.table = table
+        self.ttl_s = ttl_days * 86400
+
+    async def create(self, task: Task) -> None:
+        """Insert a new record; ``StaleTransition(existing)`` if the id is taken."""
+        task.expires_at = int(task.created_at + self.ttl_s)
+        try:
+            await self._db.put_item(
+                TableName=self.table,
+                Item=_marshal(task),
+                ConditionExpression="attribute_not_exists(task_id)",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                raise StaleTransition(self._old(exc)) from None
+            raise StoreError(str(exc)) from exc
+        except (BotoCoreError, OSError) as exc:
+            raise StoreError(str(exc)) from exc
+
+    async def get(self, task_id: str) -> Task | None:
+        try:
+            reply = await self._db.get_item(
+                TableName=self.table, Key={"task_id": {"S": task_id}}, ConsistentRead=True
+            )
+        except ClientError as exc:
+            raise StoreError(str(exc)) from exc
+        except (BotoCoreError, OSError) as exc:
+            raise StoreError(str(exc)) from exc
+        item = reply.get("Item")
+        return _unmarshal(item) if item else None
+
+    async def delete_pending(self, task_id: str) -> None:
+        """Undo a ``create`` whose message could not be queued."""
+        try:
+            await self._db.delete_item(
+                TableName=self.table,
+                Key={"task_id": {"S": task_id}},
+                ConditionExpression="#s = :pending",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={":pending": {"S": "pending"}},
+            )
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise StoreError(str(exc)) from exc
+        except (BotoCoreError, OSError) as exc:
+            raise StoreError(str(exc)) from exc
+
+    # -- transitions -------------------------------------------------------------
+
+    async def claim(self, task_id: str, owner: str, lease_s: float) -> Task:
+        """pending (or processing with an expired lease) → processing, owned by us."""
+        now = time.time()
+        return await self._update(
+            task_id,
+            set_={
+                "status": "processing",
+                "owner": owner,
+                "lease_until": now + lease_s,
+                "started_at": now,
+                "updated_at": now,
+            },
+            add={"attempts": 1},
+            remove=("error_code",),
+            condition=(
+                "(#status = :pending AND (attribute_not_exists(#cancel) OR #cancel = :false))"
+                " OR (#status = :processing AND #lease < :now)"
+            ),
+            values={":pending": "pending", ":processing": "processing", ":false": False, ":now": now},
+        )
+
+    async def renew(self, task_id: str, owner: str, lease_s: float) -> Task:
+        """Extend our lease; the returned record carries the cancel flag."""
+        now = time.time()
+        return await self._owned(task_id, owner, {"lease_until": now + lease_s})
+
+    async def set_progress(self, task_id: str, owner: str, percent: float, stage: str | None) -> Task:
+        values: dict[str, Any] = {"progress": round(percent, 1), "updated_at": time.time()}
+        if stage is not None:
+            values["stage"] = stage
+        return await self._owned(task_id, owner, values)
+
+    async def set_api_job_id(self, task_id: str, owner: str, api_job_id: str) -> Task:
+        return await self._owned(task_id, owner, {"api_job_id": api_job_id})
+
+    async def complete(
+        self,
+        task_id: str,
+        owner: str,
+        *,
+        result: dict[str, Any],
+        result_url: str | None,
+        result_key: str | None,
+    ) -> Task:
+        now = time.time()
+        values: dict[str, Any] = {
+            "status": "completed",
+            "result": json.dumps(result, separators=(",", ":")),
+            "progress": 100,
+            "updated_at": now,
+            "finished_at": now,
+        }
+        if result_url is not None:
+            values["result_url"] = result_url
+        if result_key is not None:
+            values["result_key"] = result_key
+        return await self._owned(
+            task_id, owner, values, remove=("owner", "lease_until", "error_message", "error_code")
+        )
+
+    async def fail(self, task_id: str, owner: str, *, code: str, message: str) -> Task:
+        now = time.time()
+        values = {
+            "status": "failed",
+            "error_code": code,
+            "error_message": message,
+            "updated_at": now,
+            "finished_at": now,
+        }
+        return await self._owned(task_id, owner, values, remove=("owner", "lease_until"))
+
+    async def cancelled(self, task_id: str, owner: str) -> Task:
+        now = time.time()
+        values = {"status": "cancelled", "updated_at": now, "finished_at": now}
+        return await self._owned(task_id, owner, values, remove=("owner", "lease_until"))
+
+    async def retry_later(self, task_id: str, owner: str, *, code: str, message: str) -> Task:
+        """processing → pending after a transient error; the attempt stays counted."""
+        values = {
+            "status": "pending",
+            "error_code": code,
+            "error_message": message,
+            "updated_at": time.time(),
+        }
+        return await self._owned(task_id, owner, values, remove=("owner", "lease_until"))
+
+    async def release(self, task_id: str, owner: str) -> Task:
+        """processing → pending at shutdown; the interrupted attempt is not counted."""
+        return await self._update(
+            task_id,
+            set_={"status": "pending", "updated_at": time.time()},
+            add={"attempts": -1},
+            remove=("owner", "lease_until"),
+            condition="#owner = :owner AND #status = :processing",
+            values={":owner": owner, ":processing": "processing"},
+        )
+
+    async def fail_pending(self, task_id: str, *, code: str, message: str) -> Task:
+        """pending → failed, for a job that can never run (no attempts left)."""
+        now = time.time()
+        return await self._update(
+            task_id,
+            set_={
+                "status": "failed",
+                "error_code": code,
+                "error_message": message,
+                "updated_at": now,
+                "finished_at": now,
+            },
+            condition="#status = :pending",
+            values={":pending": "pending"},
+        )
+
+    async def request_cancel(self, task_id: str) -> Task:
+        """API cancel: a pending job is cancelled now, a running one is flagged.
+
+        Raises ``StaleTransition`` carrying the record if it is already finished.
+        """
+        now = time.time()
+        try:
+            return await self._update(
+                task_id,
+                set_={"status": "cancelled", "cancel_requested": True, "updated_at": now,
+                      "finished_at": now},
+                condition="#status = :pending",
+                values={":pending": "pending"},
+            )  # fmt: skip
+        except StaleTransition as stale:
+            if stale.task is None or stale.task.status != "processing":
+                raise
+        return await self._update(
+            task_id,
+            set_={"cancel_requested": True, "updated_at": now},
+            condition="#status = :processing",
+            values={":processing": "processing"},
+        )
+
+    async def _owned(
+        self,
+        task_id: str,
+        owner: str,
+        set_: dict[str, Any],
+        remove: tuple[str, ...] = (),
+    ) -> Task:
+        return await self._update(
+            task_id,
+            set_=set_,
+            remove=remove,
+            condition="#owner = :owner AND #status = :processing",
+            values={":owner": owner, ":processing": "processing"},
+        )
+
+    async def _update(
+        self,
+        task_id: str,
+        *,
+        set_: dict[str, Any],
+        condition: str,
+        values: dict[str, Any],
+        add: dict[str, int] | None = None,
+        remove: tuple[str, ...] = (),
+    ) -> Task:
+        names = {
+            "#status": "status",
+            "#owner": "owner",
+            "#lease": "lease_until",
+            "#cancel": "cancel_requested",
+        }
+        attr_values = {k: _to_attr(v) for k, v in values.items()}
+        parts = []
+        assignments = []
+        for i, (name, value) in enumerate(set_.items()):
+            names[f"#f{i}"] = name
+            attr_values[f":v{i}"] = _to_attr(value)
+            assignments.append(f"#f{i} = :v{i}")
+        for j, (name, delta) in enumerate((add or {}).items()):
+            names[f"#a{j}"] = name
+            attr_values[f":a{j}"] = _to_attr(delta)
+            attr_values[":zero"] = _to_attr(0)
+            assignments.append(f"#a{j} = if_not_exists(#a{j}, :zero) + :a{j}")
+        parts.append("SET " + ", ".join(assignments))
+        if remove:
+            for k, name in enumerate(remove):
+                names[f"#r{k}"] = name
+            parts.append("REMOVE " + ", ".join(f"#r{k}" for k in range(len(remove))))
+        used = {n for n in names if n in condition or n in " ".join(parts)}
+        try:
+            reply = await self._db.update_item(
+                TableName=self.table,
+                Key={"task_id": {"S": task_id}},
+                UpdateExpression=" ".join(parts),
+                ConditionExpression=f"attribute_exists(task_id) AND ({condition})",
+                ExpressionAttributeNames={n: names[n] for n in used},
+                ExpressionAttributeValues=attr_values,
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                raise StaleTransition(self._old(exc)) from None
+            raise StoreError(str(exc)) from exc
+        except (BotoCoreError, OSError) as exc:
+            raise StoreError(str(exc)) from exc
+        return _unmarshal(reply["Attributes"])
+
+    @staticmethod
+    def _old(exc: ClientError) -> Task | None:
+        item = exc.response.get("Item")
+        return _unmarshal(item) if item else None
