@@ -68,19 +68,29 @@ def _spec_for(request: web.Request) -> HandlerSpec:
     spec = request.app[keys.REGISTRY].by_slug.get(slug)
     if spec is None:
         raise web.HTTPNotFound(
-            text=json.dumps({"error": {"code": "unknown_kind", "message": f"no handler for {slug!r}",
-                                        "available": sorted(request.app[keys.REGISTRY].by_slug)}}),
+            text=json.dumps(
+                {
+                    "error": {
+                        "code": "unknown_kind",
+                        "message": f"no handler for {slug!r}",
+                        "available": sorted(request.app[keys.REGISTRY].by_slug),
+                    }
+                }
+            ),
             content_type="application/json",
-        )  # fmt: skip
+        )
     return spec
 
 
 def _field_errors(exc: ValidationError) -> list[dict[str, Any]]:
     return [
-        {"field": ".".join(str(p) for p in err["loc"]) or "(body)", "message": err["msg"],
-         "type": err["type"]}
+        {
+            "field": ".".join(str(p) for p in err["loc"]) or "(body)",
+            "message": err["msg"],
+            "type": err["type"],
+        }
         for err in exc.errors(include_url=False, include_input=False)
-    ]  # fmt: skip
+    ]
 
 
 async def submit(request: web.Request) -> web.Response:
@@ -140,15 +150,16 @@ async def submit(request: web.Request) -> web.Response:
             return error_response(409, "conflict", "job id collision; retry")
         if existing.request_hash != body_hash:
             return error_response(
-                422, "idempotency_key_reused",
+                422,
+                "idempotency_key_reused",
                 "Idempotency-Key was already used with a different request body",
-            )  # fmt: skip
+            )
         return _accepted(request, existing, status=200)
     except StoreError as exc:
         return error_response(503, "store_unavailable", f"task store unreachable: {exc}")
 
     try:
-        await app[keys.QUEUE].send(spec.resource, task_id, spec.kind)  # type: ignore[arg-type]
+        await app[keys.QUEUE].send(spec.resource, task_id, spec.kind)
     except QueueError as exc:
         # Nothing half-written: the record goes, and the client may retry.
         try:
@@ -171,10 +182,12 @@ def _accepted(request: web.Request, task: Task, *, status: int) -> web.Response:
         "created_at": task.created_at,
         "status_url": f"{base}/api/v1/jobs/{task.task_id}",
     }
-    return web.json_response(view, status=status, headers={"Location": view["status_url"]})
+    return web.json_response(view, status=status, headers={"Location": str(view["status_url"])})
 
 
-async def _stage_data_uris(request: web.Request, task_id: str, data: dict[str, Any]) -> dict[str, Any]:
+async def _stage_data_uris(
+    request: web.Request, task_id: str, data: dict[str, Any]
+) -> dict[str, Any]:
     """Move inline ``data:`` images to S3 so the task record stays small.
 
     DynamoDB items are capped at 400 KB; a frame as a data URI is megabytes.
@@ -225,9 +238,11 @@ async def cancel_job(request: web.Request) -> web.Response:
         if stale.task is None:
             return error_response(404, "not_found", f"no job {task_id}")
         return error_response(
-            409, "already_finished", f"job {task_id} is already {stale.task.status}",
-            status=stale.task.status,
-        )  # fmt: skip
+            409,
+            "already_finished",
+            f"job {task_id} is already {stale.task.status}",
+            job_status=stale.task.status,
+        )
     except StoreError as exc:
         return error_response(503, "store_unavailable", f"task store unreachable: {exc}")
     # If it runs here, stop it now rather than at the next heartbeat.

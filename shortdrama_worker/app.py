@@ -115,9 +115,7 @@ async def _handlers(app: web.Application) -> AsyncIterator[None]:
                 try:
                     section = spec.cls.settings_model.model_validate(raw)
                 except Exception as exc:
-                    raise PluginError(
-                        f"[handlers.options.{spec.kind}] is invalid: {exc}"
-                    ) from None
+                    raise PluginError(f"[handlers.options.{spec.kind}] is invalid: {exc}") from None
             env = HandlerEnv(
                 kind=spec.kind,
                 http=app[keys.HTTP],

@@ -62,9 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("kind", help="kind (face_mask) or route slug (face-mask)")
     p.add_argument("--input", help="job input as a JSON object")
     p.add_argument(
-        "--image", action="append", default=[], metavar="[FIELD=]PATH",
+        "--image",
+        action="append",
+        default=[],
+        metavar="[FIELD=]PATH",
         help="a local image sent inline; FIELD defaults to image_url (repeatable)",
-    )  # fmt: skip
+    )
     p.add_argument("--wait", action="store_true", help="wait and show progress until it ends")
     p.add_argument("--output", help="with --wait: download the result to this file")
     p.add_argument("--api", help="API base URL (default from config)")
@@ -128,10 +131,15 @@ async def _serve(settings: Any) -> int:
         raise CliError(f"start-up failed: {exc}", EXIT_UNREACHABLE) from None
     site = web.TCPSite(runner, settings.api.host, settings.api.port)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1] if site._server else settings.api.port  # type: ignore[union-attr]
+    # With port 0 the OS picks one; the runner knows which.
+    port = runner.addresses[0][1] if runner.addresses else settings.api.port
     api_url = settings.api.public_url or f"http://{settings.api.host}:{port}"
-    log.info("serving", api=api_url, aws=app[keys.ENDPOINT_URL] or "aws",
-             handlers=sorted(app[keys.HANDLERS]))  # fmt: skip
+    log.info(
+        "serving",
+        api=api_url,
+        aws=app[keys.ENDPOINT_URL] or "aws",
+        handlers=sorted(app[keys.HANDLERS].keys()),
+    )
     if sys.stdout.isatty() or settings.local.embedded_aws:
         print(f"shortdrama-worker {__version__} serving on {api_url}", flush=True)
         if settings.local.embedded_aws:
@@ -240,7 +248,9 @@ async def _submit(args: argparse.Namespace, api: str, payload: dict[str, Any]) -
     slug = args.kind.replace("_", "-")
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
     async with aiohttp.ClientSession() as http:
-        body = await _request(http, "POST", f"{api}/api/v1/{slug}/jobs", json=payload, headers=headers)
+        body = await _request(
+            http, "POST", f"{api}/api/v1/{slug}/jobs", json=payload, headers=headers
+        )
         job_id = body["job_id"]
         print(f"submitted {body['kind']} job {job_id}", file=sys.stderr)
         if not args.wait:
@@ -248,14 +258,17 @@ async def _submit(args: argparse.Namespace, api: str, payload: dict[str, Any]) -
             return EXIT_OK
         job = await _wait(http, f"{api}/api/v1/jobs/{job_id}", args.timeout)
         if job["status"] != "completed":
-            print(f"job {job_id} {job['status']}: {job.get('error_message') or ''}", file=sys.stderr)
+            print(
+                f"job {job_id} {job['status']}: {job.get('error_message') or ''}", file=sys.stderr
+            )
             return EXIT_JOB_FAILED
         print(job["result_url"])
         if args.output:
             async with http.get(job["result_url"]) as resp:
                 if resp.status != 200:
                     raise CliError(f"result download failed: HTTP {resp.status}", EXIT_UNREACHABLE)
-                Path(args.output).write_bytes(await resp.read())
+                data = await resp.read()
+            await asyncio.to_thread(Path(args.output).write_bytes, data)
             print(f"saved {args.output}", file=sys.stderr)
         return EXIT_OK
 
@@ -268,18 +281,28 @@ async def _wait(http: aiohttp.ClientSession, url: str, timeout: float) -> dict[s
         job = await _request(http, "GET", url)
         stage = f" {job['stage']}" if job.get("stage") else ""
         line = f"{job['status']:<10} {job.get('progress') or 0:5.1f}%{stage}"
-        print(("\r" + line.ljust(60)) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+        print(
+            ("\r" + line.ljust(60)) if tty else line,
+            end="" if tty else "\n",
+            file=sys.stderr,
+            flush=True,
+        )
         if job["status"] in ("completed", "failed", "cancelled"):
             if tty:
                 print(file=sys.stderr)
             return job
         if time.monotonic() > deadline:
-            raise CliError(f"still {job['status']} after {timeout:g} s; check later with `status`", EXIT_JOB_FAILED)
+            raise CliError(
+                f"still {job['status']} after {timeout:g} s; check later with `status`",
+                EXIT_JOB_FAILED,
+            )
         await asyncio.sleep(delay)
         delay = min(delay * 1.5, 2.0)
 
 
-async def _request(http: aiohttp.ClientSession, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+async def _request(
+    http: aiohttp.ClientSession, method: str, url: str, **kwargs: Any
+) -> dict[str, Any]:
     try:
         async with http.request(method, url, **kwargs) as resp:
             text = await resp.text()

@@ -56,6 +56,8 @@ class Consumer:
 
     async def stop(self) -> None:
         """Drain: stop receiving, wait out the grace period, then hand jobs back."""
+        if self.draining:
+            return
         self.draining = True
         self._stopping.set()
         loops = [t for t in self._loops if not t.get_name().startswith("queue-depth")]
@@ -67,7 +69,9 @@ class Consumer:
         await asyncio.gather(*self._loops, return_exceptions=True)
         if self._jobs:
             log.info("draining", in_flight=len(self._jobs))
-            _, pending = await asyncio.wait(self._jobs, timeout=self.settings.consumer.shutdown_grace_s)
+            _, pending = await asyncio.wait(
+                self._jobs, timeout=self.settings.consumer.shutdown_grace_s
+            )
             if pending:
                 log.warning("grace_period_over", returning=len(pending))
                 for job in list(self.runner.running.values()):
@@ -124,7 +128,11 @@ class Consumer:
         while True:
             for resource in self.resources:
                 for dlq in (False, True):
-                    name = self.settings.dlq_name(resource) if dlq else self.settings.queue_name(resource)
+                    name = (
+                        self.settings.dlq_name(resource)
+                        if dlq
+                        else self.settings.queue_name(resource)
+                    )
                     try:
                         visible, invisible = await self.queue.depth(resource, dlq=dlq)
                     except QueueError:

@@ -12,12 +12,12 @@ import aiohttp
 from PIL import Image
 from structlog.typing import FilteringBoundLogger
 
+from shortdrama_worker.errors import TransientJobError
 from shortdrama_worker.handlers.base import FetchedInput, StoredResult
 from shortdrama_worker.inputs import InputFetcher
 from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.results import ResultStore, ResultStoreError
 from shortdrama_worker.store import StaleTransition, StoreError, Task, TaskStore
-from shortdrama_worker.errors import TransientJobError
 
 
 class GpuSlots:

@@ -25,7 +25,9 @@ from shortdrama_worker.errors import InputError, InputUnavailableError
 from shortdrama_worker.handlers.base import FetchedInput
 from shortdrama_worker.settings import InputSettings
 
-_DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]+)*),(?P<data>.*)$", re.S)
+_DATA_URI = re.compile(
+    r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]+)*),(?P<data>.*)$", re.S
+)
 # Statuses after which asking again will not help.
 _PERMANENT_HTTP = {400, 401, 403, 404, 405, 410, 414, 451}
 
@@ -132,11 +134,15 @@ class InputFetcher:
             async with asyncio.timeout(self.settings.timeout_s):
                 obj = await self._s3.get_object(Bucket=bucket, Key=key)
                 if obj.get("ContentLength", 0) > limit:
-                    raise InputError(field, f"{ref} is larger than {limit} bytes", code="input_too_large")
+                    raise InputError(
+                        field, f"{ref} is larger than {limit} bytes", code="input_too_large"
+                    )
                 async with obj["Body"] as body:
                     data = await body.read()
         except TimeoutError:
-            raise InputUnavailableError(field, f"{ref} not read within {self.settings.timeout_s:g} s") from None
+            raise InputUnavailableError(
+                field, f"{ref} not read within {self.settings.timeout_s:g} s"
+            ) from None
         except ClientError as exc:
             code = error_code(exc)
             if code in ("NoSuchKey", "NoSuchBucket", "404", "AccessDenied", "403"):
@@ -169,7 +175,9 @@ def decode_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
     except UnidentifiedImageError:
         raise InputError(field, "not an image Pillow can read", code="not_an_image") from None
     except Image.DecompressionBombError as exc:
-        raise InputError(field, f"decompression bomb refused: {exc}", code="input_too_large") from None
+        raise InputError(
+            field, f"decompression bomb refused: {exc}", code="input_too_large"
+        ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(field, f"corrupt image: {exc}", code="not_an_image") from None
     transposed = ImageOps.exif_transpose(image)

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import aiohttp
 from aiohttp import web
 
+from shortdrama_worker.aws import AwsClients
+from shortdrama_worker.consumer import Consumer
 from shortdrama_worker.handlers.base import Handler
 from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.plugins import HandlerRegistry
+from shortdrama_worker.queue import JobQueue
+from shortdrama_worker.results import ResultStore
+from shortdrama_worker.runner import JobRunner
 from shortdrama_worker.settings import Settings
-
-if TYPE_CHECKING:
-    from shortdrama_worker.aws import AwsClients
-    from shortdrama_worker.consumer import Consumer
-    from shortdrama_worker.queue import JobQueue
-    from shortdrama_worker.results import ResultStore
-    from shortdrama_worker.runner import JobRunner
-    from shortdrama_worker.store import TaskStore
+from shortdrama_worker.store import TaskStore
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
@@ -26,9 +22,9 @@ REGISTRY = web.AppKey("registry", HandlerRegistry)
 HANDLERS = web.AppKey("handlers", dict[str, Handler])
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 ENDPOINT_URL = web.AppKey("endpoint_url", str)
-AWS = web.AppKey["AwsClients"]("aws")
-STORE = web.AppKey["TaskStore"]("store")
-QUEUE = web.AppKey["JobQueue"]("queue")
-RESULTS = web.AppKey["ResultStore"]("results")
-RUNNER = web.AppKey["JobRunner"]("runner")
-CONSUMER = web.AppKey["Consumer | None"]("consumer")
+AWS = web.AppKey("aws", AwsClients)
+STORE = web.AppKey("store", TaskStore)
+QUEUE = web.AppKey("queue", JobQueue)
+RESULTS = web.AppKey("results", ResultStore)
+RUNNER = web.AppKey("runner", JobRunner)
+CONSUMER = web.AppKey[Consumer | None]("consumer")

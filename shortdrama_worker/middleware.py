@@ -35,9 +35,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     response.headers["X-Request-Id"] = request_id
     route = request.match_info.route.resource
     template = route.canonical if route is not None else "(unmatched)"
-    request.app[keys.METRICS].http_requests.labels(
-        template, f"{response.status // 100}xx"
-    ).observe(time.monotonic() - started)
+    request.app[keys.METRICS].http_requests.labels(template, f"{response.status // 100}xx").observe(
+        time.monotonic() - started
+    )
     return response
 
 

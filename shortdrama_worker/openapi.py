@@ -79,23 +79,37 @@ def build_openapi(registry: HandlerRegistry) -> dict[str, Any]:
             "summary": spec.cls.description or f"Submit a {spec.kind} job",
             "tags": [spec.resource],
             "parameters": [
-                {"name": "Idempotency-Key", "in": "header", "required": False,
-                 "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
-            ],  # fmt: skip
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                },
+            ],
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}},
+                "content": {
+                    "application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}
+                },
             },
             "responses": {
-                "202": {"description": "Accepted",
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}},
-                "200": {"description": "Same Idempotency-Key and body: the existing job",
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}},
+                "202": {
+                    "description": "Accepted",
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}
+                    },
+                },
+                "200": {
+                    "description": "Same Idempotency-Key and body: the existing job",
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}
+                    },
+                },
                 "400": _err("Malformed JSON"),
                 "413": _err("Body too large"),
                 "422": _err("Invalid input; one entry per field"),
                 "503": _err("Task store or queue unreachable; nothing was written"),
-            },  # fmt: skip
+            },
         }
         for suffix in ("jobs", "tasks"):
             op = {**operation, "operationId": f"submit_{spec.kind}_{suffix}"}
@@ -105,20 +119,55 @@ def build_openapi(registry: HandlerRegistry) -> dict[str, Any]:
     for prefix in ("jobs", "tasks"):
         paths[f"/api/v1/{prefix}/{{job_id}}"] = {
             "parameters": id_param,
-            "get": {"operationId": f"get_{prefix}", "summary": "Job status and result",
-                    "responses": {"200": {"description": "The job", **job_ref}, "404": _err("Unknown job")}},
-            "delete": {"operationId": f"cancel_{prefix}", "summary": "Cancel a job",
-                       "responses": {"202": {"description": "Cancel accepted", **job_ref},
-                                     "404": _err("Unknown job"), "409": _err("Already finished")}},
-        }  # fmt: skip
-    simple = {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}}
+            "get": {
+                "operationId": f"get_{prefix}",
+                "summary": "Job status and result",
+                "responses": {
+                    "200": {"description": "The job", **job_ref},
+                    "404": _err("Unknown job"),
+                },
+            },
+            "delete": {
+                "operationId": f"cancel_{prefix}",
+                "summary": "Cancel a job",
+                "responses": {
+                    "202": {"description": "Cancel accepted", **job_ref},
+                    "404": _err("Unknown job"),
+                    "409": _err("Already finished"),
+                },
+            },
+        }
+    simple = {
+        "200": {
+            "description": "OK",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    }
     paths["/api/v1/handlers"] = {"get": {"operationId": "list_handlers", "responses": simple}}
     paths["/health"] = {"get": {"operationId": "health", "responses": simple}}
-    paths["/ready"] = {"get": {"operationId": "ready",
-                               "responses": {**simple, "503": {"description": "Not ready",
-                                   "content": {"application/json": {"schema": {"type": "object"}}}}}}}  # fmt: skip
-    paths["/metrics"] = {"get": {"operationId": "metrics", "responses": {
-        "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}}  # fmt: skip
+    paths["/ready"] = {
+        "get": {
+            "operationId": "ready",
+            "responses": {
+                **simple,
+                "503": {
+                    "description": "Not ready",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+            },
+        }
+    }
+    paths["/metrics"] = {
+        "get": {
+            "operationId": "metrics",
+            "responses": {
+                "200": {
+                    "description": "Prometheus text format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    }
     return {
         "openapi": "3.1.0",
         "info": {"title": "shortdrama-worker job API", "version": __version__},

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 
-from shortdrama_worker.handlers.base import Handler
+from shortdrama_worker.handlers.base import Handler, Resource
 
 GROUP = "shortdrama_worker.handlers"
 _KIND = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -33,7 +33,7 @@ class HandlerSpec:
     distribution: str
 
     @property
-    def resource(self) -> str:
+    def resource(self) -> Resource:
         return self.cls.resource
 
 

@@ -103,7 +103,7 @@ class JobRunner:
         c = self.settings.consumer
         if retry_after is not None:
             return min(max(retry_after, 0.0), c.backoff_max_s)
-        delay = min(c.backoff_base_s * 2 ** max(attempt - 1, 0), c.backoff_max_s)
+        delay: float = min(c.backoff_base_s * 2.0 ** max(attempt - 1, 0), c.backoff_max_s)
         return delay * random.uniform(0.8, 1.2)
 
     def cancel_local(self, task_id: str, reason: str) -> bool:
@@ -139,7 +139,9 @@ class JobRunner:
             await self.queue.delete(message)
             return
         if task.job_type != kind:
-            await self._dead_letter(message, f"message kind {kind!r} != task kind {task.job_type!r}")
+            await self._dead_letter(
+                message, f"message kind {kind!r} != task kind {task.job_type!r}"
+            )
             return
         if await self._settled(task, message):
             return
@@ -226,8 +228,9 @@ class JobRunner:
                 outcome = await self._after_error(task, message, exc)
             except Exception as exc:
                 log.exception("handler_crashed")
-                wrapped = TransientJobError(f"handler crashed: {type(exc).__name__}: {exc}",
-                                            code="handler_crashed")  # fmt: skip
+                wrapped = TransientJobError(
+                    f"handler crashed: {type(exc).__name__}: {exc}", code="handler_crashed"
+                )
                 outcome = await self._after_error(task, message, wrapped)
             else:
                 outcome = await asyncio.shield(self._after_success(task, message, ctx, result))
@@ -235,7 +238,9 @@ class JobRunner:
             heartbeat.cancel()
             self.running.pop(task.task_id, None)
             self.metrics.in_flight.labels(kind).dec()
-        self._finished(kind, outcome.name, time.monotonic() - started, outcome.attempt, outcome.error)
+        self._finished(
+            kind, outcome.name, time.monotonic() - started, outcome.attempt, outcome.error
+        )
 
     async def _invoke(
         self, handler: Handler, timeout_s: float, task: Task, ctx: RunContext
@@ -252,9 +257,7 @@ class JobRunner:
                 async with cap:
                     return await handler.run(params, ctx)
         except TimeoutError:
-            raise PermanentJobError(
-                f"timed out after {timeout_s:g} s", code="timeout"
-            ) from None
+            raise PermanentJobError(f"timed out after {timeout_s:g} s", code="timeout") from None
 
     async def _after_success(
         self, task: Task, message: JobMessage, ctx: RunContext, result: dict[str, Any]
@@ -283,8 +286,9 @@ class JobRunner:
         if isinstance(exc, TransientJobError) and attempts < self.settings.consumer.max_attempts:
             delay = self.backoff_s(attempts, exc.retry_after)
             try:
-                await self.store.retry_later(task.task_id, self.owner, code=exc.code,
-                                             message=exc.message)  # fmt: skip
+                await self.store.retry_later(
+                    task.task_id, self.owner, code=exc.code, message=exc.message
+                )
             except StaleTransition:
                 return Outcome("lost", attempts, exc.message)
             self.metrics.retries.labels(task.job_type).inc()

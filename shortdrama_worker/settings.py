@@ -73,11 +73,15 @@ class ApiSettings(BaseModel):
     max_body_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
 
 
+def _default_in_flight() -> dict[Resource, int]:
+    return {"gpu": 2, "cpu": 4}
+
+
 class ConsumerSettings(BaseModel):
     enabled: bool = True
-    consume: list[Resource] = Field(default_factory=lambda: ["gpu", "cpu"])
+    consume: list[Resource] = Field(default_factory=lambda: list(RESOURCES))
     max_in_flight: dict[Resource, int] = Field(
-        default_factory=lambda: {"gpu": 2, "cpu": 4},
+        default_factory=_default_in_flight,
         description="Messages held at once per queue; SQS is asked only for free slots.",
     )
     kind_concurrency: dict[str, int] = Field(
@@ -214,7 +218,8 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
         {"model_config": {**Settings.model_config, "toml_file": toml_file}},
     )
     try:
-        return bound(**overrides)
+        settings: Settings = bound(**overrides)
+        return settings
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"

@@ -187,7 +187,12 @@ class TaskStore:
                 "(#status = :pending AND (attribute_not_exists(#cancel) OR #cancel = :false))"
                 " OR (#status = :processing AND #lease < :now)"
             ),
-            values={":pending": "pending", ":processing": "processing", ":false": False, ":now": now},
+            values={
+                ":pending": "pending",
+                ":processing": "processing",
+                ":false": False,
+                ":now": now,
+            },
         )
 
     async def renew(self, task_id: str, owner: str, lease_s: float) -> Task:
@@ -195,7 +200,9 @@ class TaskStore:
         now = time.time()
         return await self._owned(task_id, owner, {"lease_until": now + lease_s})
 
-    async def set_progress(self, task_id: str, owner: str, percent: float, stage: str | None) -> Task:
+    async def set_progress(
+        self, task_id: str, owner: str, percent: float, stage: str | None
+    ) -> Task:
         values: dict[str, Any] = {"progress": round(percent, 1), "updated_at": time.time()}
         if stage is not None:
             values["stage"] = stage
@@ -226,7 +233,10 @@ class TaskStore:
         if result_key is not None:
             values["result_key"] = result_key
         return await self._owned(
-            task_id, owner, values, remove=("owner", "lease_until", "error_message", "error_code")
+            task_id,
+            owner,
+            values,
+            remove=("owner", "lease_until", "error_message", "error_code", "stage"),
         )
 
     async def fail(self, task_id: str, owner: str, *, code: str, message: str) -> Task:
@@ -291,11 +301,15 @@ class TaskStore:
         try:
             return await self._update(
                 task_id,
-                set_={"status": "cancelled", "cancel_requested": True, "updated_at": now,
-                      "finished_at": now},
+                set_={
+                    "status": "cancelled",
+                    "cancel_requested": True,
+                    "updated_at": now,
+                    "finished_at": now,
+                },
                 condition="#status = :pending",
                 values={":pending": "pending"},
-            )  # fmt: skip
+            )
         except StaleTransition as stale:
             if stale.task is None or stale.task.status != "processing":
                 raise

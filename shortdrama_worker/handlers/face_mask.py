@@ -68,7 +68,8 @@ class FaceMaskHandler(Handler):
     detector: FaceDetector
 
     async def startup(self) -> None:
-        s: FaceMaskSettings = self.env.settings
+        s = self.env.settings
+        assert isinstance(s, FaceMaskSettings)
         local = LocalFaceDetector(
             min_face_size=s.min_face_size,
             min_confidence=s.min_confidence,

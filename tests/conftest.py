@@ -1,0 +1,102 @@
+"""Shared fixtures: one moto server (real HTTP) per session, a fresh set of AWS
+resources per test, and running applications built by ``create_app``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from moto.server import ThreadedMotoServer
+
+from shortdrama_worker.app import create_app
+from shortdrama_worker.aws import AwsClients, open_clients
+from shortdrama_worker.plugins import HandlerRegistry
+from shortdrama_worker.settings import Settings, load_settings
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """moto in server mode: every AWS call in the tests crosses real HTTP."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def make_settings(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Settings]:
+    """Settings with names unique to the test, tuned so the test runs in seconds."""
+    # The developer's own environment must not leak into the tests.
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("SHORTDRAMA_"):
+            monkeypatch.delenv(name)
+    suffix = uuid.uuid4().hex[:8]
+
+    def make(**sections: Any) -> Settings:
+        base: dict[str, Any] = {
+            "aws": {"endpoint_url": moto_endpoint},
+            "queues": {
+                "gpu_queue": f"gpu_{suffix}",
+                "cpu_queue": f"cpu_{suffix}",
+                "visibility_timeout_s": 10,
+                "wait_time_s": 1,
+            },
+            "store": {"table": f"task_store_{suffix}"},
+            "results": {"bucket": f"results-{suffix}"},
+            "api": {"port": 0},
+            "consumer": {
+                "backoff_base_s": 0.2,
+                "backoff_max_s": 1.0,
+                "cancel_poll_s": 0.2,
+                "shutdown_grace_s": 2.0,
+                "progress_min_interval_s": 0.0,
+            },
+            "inputs": {"allow_http": True, "timeout_s": 3.0},
+            "local": {"provision": True},
+        }
+        for section, values in sections.items():
+            if isinstance(values, dict) and isinstance(base.get(section), dict):
+                base[section] = {**base[section], **values}
+            else:
+                base[section] = values
+        return load_settings(None, **base)
+
+    return make
+
+
+Started = tuple[web.Application, TestClient]  # type: ignore[type-arg]
+
+
+@pytest.fixture
+async def start_app() -> AsyncIterator[Callable[..., Awaitable[Started]]]:
+    """Start applications; each is stopped (and drained) at the end of the test."""
+    clients: list[TestClient] = []  # type: ignore[type-arg]
+
+    async def start(settings: Settings, registry: HandlerRegistry | None = None) -> Started:
+        app = create_app(settings, registry=registry)
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        clients.append(client)
+        return app, client
+
+    yield start
+    for client in reversed(clients):
+        await client.close()
+
+
+@pytest.fixture
+async def aws(
+    make_settings: Callable[..., Settings], moto_endpoint: str
+) -> AsyncIterator[AwsClients]:
+    """Raw AWS clients for a test to look behind the daemon's back."""
+    settings = make_settings()
+    async with open_clients(settings.aws, moto_endpoint) as clients:
+        yield clients
