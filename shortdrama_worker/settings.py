@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,7 +23,13 @@ Resource = Literal["gpu", "cpu"]
 RESOURCES: tuple[Resource, ...] = ("gpu", "cpu")
 
 
-class AwsSettings(BaseModel):
+class Section(BaseModel):
+    """A settings section: a misspelt key is an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class AwsSettings(Section):
     region: str = "us-east-1"
     endpoint_url: str | None = Field(
         default=None, description="Any AWS-compatible endpoint; unset means real AWS."
@@ -35,7 +41,7 @@ class AwsSettings(BaseModel):
     max_pool_connections: int = Field(default=50, ge=1)
 
 
-class QueueSettings(BaseModel):
+class QueueSettings(Section):
     gpu_queue: str = "gpu_tasks_queue"
     cpu_queue: str = "cpu_tasks_queue"
     dlq_suffix: str = "_dlq"
@@ -48,13 +54,13 @@ class QueueSettings(BaseModel):
     )
 
 
-class StoreSettings(BaseModel):
+class StoreSettings(Section):
     table: str = "task_store"
     status_index: str = "status-created_at-index"
     ttl_days: int = Field(default=30, ge=1)
 
 
-class ResultSettings(BaseModel):
+class ResultSettings(Section):
     bucket: str = "shortdrama-results"
     prefix: str = "results"
     input_prefix: str = "inputs"
@@ -64,7 +70,7 @@ class ResultSettings(BaseModel):
     presign_expiry_s: int = Field(default=86400, ge=60, le=604800)
 
 
-class ApiSettings(BaseModel):
+class ApiSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     public_url: str | None = Field(
@@ -77,7 +83,7 @@ def _default_in_flight() -> dict[Resource, int]:
     return {"gpu": 2, "cpu": 4}
 
 
-class ConsumerSettings(BaseModel):
+class ConsumerSettings(Section):
     enabled: bool = True
     consume: list[Resource] = Field(default_factory=lambda: list(RESOURCES))
     max_in_flight: dict[Resource, int] = Field(
@@ -100,18 +106,18 @@ class ConsumerSettings(BaseModel):
     progress_min_interval_s: float = Field(default=1.0, ge=0)
 
 
-class GpuSettings(BaseModel):
+class GpuSettings(Section):
     slots: int = Field(default=1, ge=1)
 
 
-class InputSettings(BaseModel):
+class InputSettings(Section):
     max_bytes: int = Field(default=30 * 1024 * 1024, ge=1024)
     timeout_s: float = Field(default=30.0, gt=0)
     max_pixels: int = Field(default=80_000_000, ge=1)
     allow_http: bool = False
 
 
-class HandlerSettings(BaseModel):
+class HandlerSettings(Section):
     allow: list[str] | None = Field(
         default=None, description="Kinds that may load; unset loads every installed handler."
     )
@@ -120,12 +126,12 @@ class HandlerSettings(BaseModel):
     )
 
 
-class LogSettings(BaseModel):
+class LogSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["auto", "json", "console"] = "auto"
 
 
-class LocalSettings(BaseModel):
+class LocalSettings(Section):
     embedded_aws: bool = Field(
         default=False, description="Start an AWS-compatible endpoint (moto) in-process."
     )

@@ -1,0 +1,167 @@
+"""The daemon as an operator runs it: real processes, real signals, the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "shortdrama_worker"]
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def daemon_env(moto_endpoint: str) -> dict[str, str]:
+    suffix = uuid.uuid4().hex[:8]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHORTDRAMA_")}
+    env.update(
+        {
+            "SHORTDRAMA_AWS__ENDPOINT_URL": moto_endpoint,
+            "SHORTDRAMA_QUEUES__GPU_QUEUE": f"gpu_{suffix}",
+            "SHORTDRAMA_QUEUES__CPU_QUEUE": f"cpu_{suffix}",
+            "SHORTDRAMA_QUEUES__WAIT_TIME_S": "1",
+            "SHORTDRAMA_QUEUES__VISIBILITY_TIMEOUT_S": "10",
+            "SHORTDRAMA_STORE__TABLE": f"task_store_{suffix}",
+            "SHORTDRAMA_RESULTS__BUCKET": f"results-{suffix}",
+            "SHORTDRAMA_CONSUMER__SHUTDOWN_GRACE_S": "1",
+            "SHORTDRAMA_LOG__FORMAT": "json",
+        }
+    )
+    return env
+
+
+class Daemon:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self.proc = subprocess.Popen(
+            [*CLI, "serve"],
+            env={**env, "SHORTDRAMA_API__PORT": str(self.port)},
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+
+    async def ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                assert self.proc.poll() is None, self.log.read_text()
+                try:
+                    async with http.get(f"{self.url}/ready") as resp:
+                        if resp.status == 200:
+                            return
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"daemon not ready: {self.log.read_text()}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait()
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], env=env, capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+
+
+def test_init_is_idempotent(daemon_env: dict[str, str]) -> None:
+    first = run_cli("init", env=daemon_env)
+    assert first.returncode == 0, first.stderr
+    assert "created" in first.stdout
+    second = run_cli("init", env=daemon_env)
+    assert second.returncode == 0, second.stderr
+    assert "table task_store_" in second.stdout and "exists" in second.stdout
+
+
+def test_a_bad_setting_stops_start_up_naming_it(daemon_env: dict[str, str]) -> None:
+    result = run_cli("serve", env={**daemon_env, "SHORTDRAMA_GPU__SLOTS": "zero"})
+    assert result.returncode == 2
+    assert "gpu.slots" in result.stderr
+
+
+def test_submit_needs_something_to_submit(daemon_env: dict[str, str]) -> None:
+    result = run_cli("submit", "face-mask", env=daemon_env)
+    assert result.returncode == 2
+    assert "nothing to submit" in result.stderr
+
+
+async def test_submit_wait_output_and_sigterm_mid_job_loses_nothing(
+    daemon_env: dict[str, str], daemons: list[Daemon], tmp_path: Path
+) -> None:
+    assert run_cli("init", env=daemon_env).returncode == 0
+    first = Daemon(daemon_env, tmp_path / "first.log")
+    daemons.append(first)
+    await first.ready()
+
+    # The README walk-through: submit a local image, wait, download the result.
+    out = tmp_path / "masked.png"
+    done = await asyncio.to_thread(
+        run_cli, "submit", "face-mask", "--api", first.url, "--image",
+        str(REPO / "examples" / "face.png"), "--wait", "--output", str(out), env=daemon_env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert Image.open(out).size == (512, 512)
+
+    async with aiohttp.ClientSession() as http:
+        payload = {"text": "slow", "delay_s": 6}
+        async with http.post(f"{first.url}/api/v1/example-echo/jobs", json=payload) as resp:
+            job_id = (await resp.json())["job_id"]
+        status_url = f"{first.url}/api/v1/jobs/{job_id}"
+        for _ in range(100):
+            async with http.get(status_url) as resp:
+                if (await resp.json())["status"] == "processing":
+                    break
+            await asyncio.sleep(0.1)
+        assert await asyncio.to_thread(first.stop) == 0
+        assert '"event": "grace_period_over"' in first.log.read_text()
+
+        second = Daemon(daemon_env, tmp_path / "second.log")
+        daemons.append(second)
+        await second.ready()
+        status_url = f"{second.url}/api/v1/jobs/{job_id}"
+        job: dict[str, Any] = {}
+        for _ in range(200):
+            async with http.get(status_url) as resp:
+                job = await resp.json()
+            if job["status"] in ("completed", "failed", "cancelled"):
+                break
+            await asyncio.sleep(0.1)
+    assert job["status"] == "completed"
+    assert job["attempts"] == 1, "the interrupted attempt was handed back, not counted"
+    status = run_cli("status", job_id, "--api", second.url, env=daemon_env)
+    assert status.returncode == 0 and '"completed"' in status.stdout
+    assert await asyncio.to_thread(second.stop) == 0
