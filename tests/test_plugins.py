@@ -22,7 +22,7 @@ def test_the_example_plugin_is_found_through_its_entry_point() -> None:
 async def test_the_example_plugin_runs_a_job_end_to_end(make_settings: Any, start_app: Any) -> None:
     # No registry given: the app discovers handlers exactly as in production.
     settings = make_settings(handlers={"allow": ["example_echo"]})
-    app, client = await start_app(settings)
+    _, client = await start_app(settings)
     job = await wait_for(client, await submit(client, "example-echo", {"text": "你好"}))
     assert job["status"] == "completed"
     assert job["result"]["echo"] == "你好"

@@ -51,7 +51,7 @@ def test_a_bad_setting_is_named(tmp_path: Path) -> None:
 def test_an_unknown_setting_is_refused(tmp_path: Path) -> None:
     config = tmp_path / "typo.toml"
     config.write_text("[queues]\nvisiblity_timeout_s = 30\n")
-    with pytest.raises(ConfigError, match="queues.visiblity_timeout_s: Extra inputs"):
+    with pytest.raises(ConfigError, match=r"queues\.visiblity_timeout_s: Extra inputs"):
         load_settings(config)
 
 
@@ -65,7 +65,7 @@ def test_heartbeat_must_be_shorter_than_visibility(tmp_path: Path) -> None:
 
 
 def test_missing_file_is_named() -> None:
-    with pytest.raises(ConfigError, match="config file not found: /nope.toml"):
+    with pytest.raises(ConfigError, match=r"config file not found: /nope\.toml"):
         load_settings("/nope.toml")
 
 

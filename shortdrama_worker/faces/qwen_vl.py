@@ -8,12 +8,14 @@ so ``face_index`` means the same person whichever backend is configured.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import aiohttp
 from PIL import Image
 from structlog.typing import FilteringBoundLogger
 
 from shortdrama_worker.faces.boxes import FaceBox
-from shortdrama_worker.providers.dashscope import DashScopeClient, Grounding
+from shortdrama_worker.providers.dashscope import DashScopeClient, DashScopeSettings, Grounding
 
 
 class QwenVLDetector:
@@ -28,6 +30,31 @@ class QwenVLDetector:
     def __init__(self, client: DashScopeClient, log: FilteringBoundLogger) -> None:
         self.client = client
         self._log = log
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: DashScopeSettings,
+        *,
+        http: aiohttp.ClientSession,
+        metrics: Any,
+        log: FilteringBoundLogger,
+        config_hint: str,
+    ) -> QwenVLDetector:
+        """A detector with its own client (and so its own rate limiter).
+
+        ``config_hint`` names the setting that holds the key, for the error an
+        operator sees when it is missing.
+        """
+        client = DashScopeClient(
+            settings, http=http, metrics=metrics, log=log, config_hint=config_hint
+        )
+        return cls(client, log)
+
+    @property
+    def healthy(self) -> bool:
+        """False without a key or after DashScope refused it (for ``health()``)."""
+        return self.client.provider.healthy
 
     async def locate(
         self, image: Image.Image, *, field: str = "image", log: FilteringBoundLogger | None = None

@@ -243,33 +243,17 @@ def extract_boxes(text: str) -> list[tuple[float, float, float, float]]:
     """
     fenced = _FENCE.search(text)
     body = fenced.group(1) if fenced else text
-    doc = _loads_tolerant(body)
-    if doc is not None:
-        boxes = list(_walk_boxes(doc))
-        if boxes:
-            return boxes
-    # Last resort: every complete bbox array, wherever the JSON broke.
-    return [(float(a), float(b), float(c), float(d)) for a, b, c, d in _BBOX.findall(body)]
-
-
-def _loads_tolerant(body: str) -> Any:
     starts = [i for i in (body.find("["), body.find("{")) if i >= 0]
     if not starts:
-        return None
-    body = body[min(starts) :].strip()
-    decoder = json.JSONDecoder()
+        return []
     try:
-        return decoder.raw_decode(body)[0]
+        doc = json.JSONDecoder().raw_decode(body[min(starts) :])[0]
     except ValueError:
-        pass
-    # Cut off mid-list: keep the complete objects and close the list.
-    cut = body.rfind("}")
-    if body.startswith("[") and cut > 0:
-        try:
-            return json.loads(body[: cut + 1] + "]")
-        except ValueError:
-            return None
-    return None
+        # Broken or cut off (max_tokens): every complete bbox array still
+        # counts. Dropping the last whole object instead, as a plain repair
+        # would, can lose a face and shift every face_index after it.
+        return [(float(a), float(b), float(c), float(d)) for a, b, c, d in _BBOX.findall(body)]
+    return list(_walk_boxes(doc))
 
 
 def _walk_boxes(doc: Any) -> Iterator[tuple[float, float, float, float]]:
