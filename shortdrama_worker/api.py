@@ -297,8 +297,12 @@ async def ready(request: web.Request) -> web.Response:
         reasons.append("consumer not running")
     if consumer is not None and consumer.draining:
         reasons.append("draining")
-    if any(not h.ready() for h in app[keys.HANDLERS].values()):
-        reasons.append("a handler is not ready")
+    if consumer is not None:
+        # Ready when every queue this instance consumes has a handler that can
+        # run now; a GPU instance whose ComfyUI is down is not ready.
+        for resource in consumer.resources:
+            if not consumer.resource_ready(resource):
+                reasons.append(f"no {resource} handler can run now")
     if reasons:
         return web.json_response({"ready": False, "reasons": reasons}, status=503)
     return web.json_response({"ready": True})

@@ -47,18 +47,21 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shortdrama-worker", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=__version__)
     parser.add_argument("--config", help="TOML file (default: $SHORTDRAMA_CONFIG)")
+    # --config is accepted after the command too (`serve --config FILE`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("serve", help="run the job API and the SQS consumer")
+    p = sub.add_parser("serve", parents=[common], help="run the job API and the SQS consumer")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("init", help="create queues, DLQs, table and bucket (idempotent)")
+    p = sub.add_parser("init", parents=[common], help="create queues, DLQs, table and bucket (idempotent)")
     p.set_defaults(func=cmd_init)
 
-    p = sub.add_parser("handlers", help="list installed handler kinds")
+    p = sub.add_parser("handlers", parents=[common], help="list installed handler kinds")
     p.set_defaults(func=cmd_handlers)
 
-    p = sub.add_parser("submit", help="submit a job to a running daemon")
+    p = sub.add_parser("submit", parents=[common], help="submit a job to a running daemon")
     p.add_argument("kind", help="kind (face_mask) or route slug (face-mask)")
     p.add_argument("--input", help="job input as a JSON object")
     p.add_argument(
@@ -75,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=1800.0, help="--wait limit in seconds")
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("status", help="show a job")
+    p = sub.add_parser("status", parents=[common], help="show a job")
     p.add_argument("job_id")
     p.add_argument("--api", help="API base URL (default from config)")
     p.set_defaults(func=cmd_status)
@@ -115,6 +118,7 @@ async def _serve(settings: Any) -> int:
     from shortdrama_worker import keys
     from shortdrama_worker.app import create_app
     from shortdrama_worker.plugins import PluginError
+    from shortdrama_worker.sdnotify import SystemdNotifier
 
     log = structlog.get_logger("shortdrama_worker.serve")
     try:
@@ -150,16 +154,40 @@ async def _serve(settings: Any) -> int:
                 flush=True,
             )
 
+    consumer = app[keys.CONSUMER]
+
+    def healthy() -> bool:
+        return consumer is None or consumer.alive
+
+    def status_line() -> str:
+        if consumer is None:
+            return "API only (consumer disabled)"
+        depths = ", ".join(f"{q} {n}" for q, n in sorted(consumer.depths.items()))
+        return f"in flight {consumer.in_flight}; {depths or 'queues not polled yet'}"
+
+    notifier = SystemdNotifier.from_env()
+    # READY only now: dependencies answered in runner.setup(), the consumer
+    # runs, and the port listens.
+    notifier.ready(status_line())
+    watchdog = asyncio.create_task(notifier.run_watchdog(healthy), name="sd-watchdog")
+    status = asyncio.create_task(notifier.run_status(status_line, interval_s=2.0), name="sd-status")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutdown_requested")
-    consumer = app[keys.CONSUMER]
+    status.cancel()  # the drain sets its own STATUS; the watchdog pings on while draining
     if consumer is not None:
+        notifier.stopping(
+            f"draining {consumer.in_flight} job(s), grace {settings.consumer.shutdown_grace_s:g}s"
+        )
         await consumer.stop()  # /ready answers 503 from here on
+    else:
+        notifier.stopping()
     await runner.cleanup()
+    watchdog.cancel()
+    notifier.close()
     log.info("stopped")
     return EXIT_OK
 

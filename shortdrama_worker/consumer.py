@@ -22,6 +22,7 @@ log = structlog.get_logger("shortdrama_worker.consumer")
 
 _MAX_POLL_BACKOFF_S = 30.0
 _DEPTH_POLL_S = 15.0
+_NOT_READY_RECHECK_S = 2.0
 
 
 class Consumer:
@@ -42,6 +43,20 @@ class Consumer:
         self.running = False
         self.draining = False
         self.last_poll_ok: bool | None = None
+        self.depths: dict[str, int] = {}
+
+    @property
+    def alive(self) -> bool:
+        """Every loop still runs: a crashed poll loop takes no more work."""
+        return self.running and all(not t.done() for t in self._loops)
+
+    def resource_ready(self, resource: Resource) -> bool:
+        """Whether some handler for ``resource`` can take work now."""
+        return any(
+            self.runner.handlers[spec.kind].ready()
+            for spec in self.runner.registry
+            if spec.resource == resource and spec.kind in self.runner.handlers
+        )
 
     @property
     def in_flight(self) -> int:
@@ -85,6 +100,12 @@ class Consumer:
         slots = asyncio.Semaphore(capacity)
         failures = 0
         while not self._stopping.is_set():
+            if not self.resource_ready(resource):
+                # e.g. ComfyUI is down: taking messages now would only burn
+                # their attempts. Leave them queued for a healthy instance.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), _NOT_READY_RECHECK_S)
+                continue
             await slots.acquire()
             wanted = 1
             while wanted < min(capacity, 10) and not slots.locked():
@@ -139,5 +160,6 @@ class Consumer:
                         metrics.sqs_errors.labels("attributes").inc()
                         continue
                     metrics.queue_depth.labels(name).set(visible)
+                    self.depths[name] = visible
                     metrics.queue_in_flight.labels(name).set(invisible)
             await asyncio.sleep(_DEPTH_POLL_S)

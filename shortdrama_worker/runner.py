@@ -131,20 +131,6 @@ class JobRunner:
             await self._dead_letter(message, f"malformed message: {exc}")
             return
         structlog.contextvars.bind_contextvars(job_id=task_id, kind=kind)
-        task = await self.store.get(task_id)
-        if task is None:
-            # The API removes a record whose message failed to queue; a message
-            # can still surface if SQS accepted it after reporting an error.
-            log.warning("message_for_unknown_task")
-            await self.queue.delete(message)
-            return
-        if task.job_type != kind:
-            await self._dead_letter(
-                message, f"message kind {kind!r} != task kind {task.job_type!r}"
-            )
-            return
-        if await self._settled(task, message):
-            return
         handler = self.handlers.get(kind)
         if handler is None:
             # Another instance may serve this kind; the redrive policy sends
@@ -152,16 +138,35 @@ class JobRunner:
             log.warning("kind_not_served_here")
             await self.queue.set_visibility(message, 30)
             return
-        if task.status == "pending" and task.attempts >= self.settings.consumer.max_attempts:
-            await self._give_up_pending(task, message)
-            return
+        # Claim first, read only on refusal: the common path is one write.
         try:
-            task = await self.store.claim(task_id, self.owner, self.lease_s)
+            task = await self.store.claim(
+                task_id, kind, self.owner, self.lease_s, self.settings.consumer.max_attempts
+            )
         except StaleTransition as stale:
-            if stale.task is None or not await self._settled(stale.task, message):
-                await self.queue.set_visibility(message, 5)
+            await self._refused(stale.task, message, kind)
             return
         await self._run(task, message, handler)
+
+    async def _refused(self, task: Task | None, message: JobMessage, kind: str) -> None:
+        """The claim was refused; the record as it stands says why."""
+        if task is None:
+            # The API removes a record whose message failed to queue; a message
+            # can still surface if SQS accepted it after reporting an error.
+            log.warning("message_for_unknown_task")
+            await self.queue.delete(message)
+        elif task.job_type != kind:
+            reason = f"message kind {kind!r} != task kind {task.job_type!r}"
+            await self._dead_letter(message, reason)
+        elif await self._settled(task, message):
+            pass
+        elif task.attempts >= self.settings.consumer.max_attempts:
+            # Out of attempts and nobody runs it: e.g. its last worker was
+            # killed mid-run. It must not stay `processing` forever.
+            await self._give_up(task, message)
+        else:
+            # A race with another claimant; look again shortly.
+            await self.queue.set_visibility(message, 5)
 
     async def _settled(self, task: Task, message: JobMessage) -> bool:
         """Deal with a message whose task is finished or owned by a live worker."""
@@ -179,10 +184,11 @@ class JobRunner:
             return True
         return False
 
-    async def _give_up_pending(self, task: Task, message: JobMessage) -> None:
-        text = f"gave up after {task.attempts} attempts; last error: {task.error_message or 'none'}"
+    async def _give_up(self, task: Task, message: JobMessage) -> None:
+        last = task.error_message or "worker lost mid-run"
+        text = f"gave up after {task.attempts} attempts; last error: {last}"
         try:
-            await self.store.fail_pending(task.task_id, code="attempts_exhausted", message=text)
+            await self.store.fail_abandoned(task.task_id, code="attempts_exhausted", message=text)
         except StaleTransition:
             return
         await self._dead_letter(message, text)

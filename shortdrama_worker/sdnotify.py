@@ -84,6 +84,8 @@ class SystemdNotifier:
     ) -> None:
         self._address = _address(notify_socket) if notify_socket else None
         self._sock: socket.socket | None = None
+        # The STATUS text systemd shows now, so run_status sends only changes.
+        self._status: str | None = None
         self.watchdog_interval_s = watchdog_interval_s if self._address is not None else None
 
     @classmethod
@@ -121,13 +123,11 @@ class SystemdNotifier:
 
     def ready(self, status: str | None = None) -> bool:
         """``READY=1``: start-up finished; ``systemctl start`` returns now."""
-        if status is None:
-            return self.notify("READY=1")
-        return self.notify("READY=1", f"STATUS={_clean(status)}")
+        return self._with_status("READY=1", status)
 
     def status(self, text: str) -> bool:
         """``STATUS=``: the one-line summary shown by ``systemctl status``."""
-        return self.notify(f"STATUS={_clean(text)}")
+        return self._with_status(None, text)
 
     def watchdog(self) -> bool:
         """``WATCHDOG=1``: the process is alive and healthy."""
@@ -135,9 +135,17 @@ class SystemdNotifier:
 
     def stopping(self, status: str | None = None) -> bool:
         """``STOPPING=1``: draining has begun; systemd expects the exit."""
-        if status is None:
-            return self.notify("STOPPING=1")
-        return self.notify("STOPPING=1", f"STATUS={_clean(status)}")
+        return self._with_status("STOPPING=1", status)
+
+    def _with_status(self, state: str | None, status: str | None) -> bool:
+        assignments = [state] if state else []
+        text = None if status is None else _clean(status)
+        if text is not None:
+            assignments.append(f"STATUS={text}")
+        sent = self.notify(*assignments)
+        if sent and text is not None:
+            self._status = text
+        return sent
 
     def extend_timeout(self, seconds: float) -> bool:
         """``EXTEND_TIMEOUT_USEC=``: ask for more time to start or stop."""
@@ -164,6 +172,21 @@ class SystemdNotifier:
             if ok:
                 self.watchdog()
             await asyncio.sleep(interval)
+
+    async def run_status(self, render: Callable[[], str], interval_s: float = 5.0) -> None:
+        """Keep ``STATUS=`` current: send ``render()`` whenever its text changes.
+
+        Run it as a task beside :meth:`run_watchdog`. Text equal to the last
+        STATUS sent (by any method) is not resent, so an idle worker costs
+        systemd nothing.
+        """
+        if not self.enabled:
+            return
+        while True:
+            text = _clean(render())
+            if text != self._status:
+                self.status(text)
+            await asyncio.sleep(interval_s)
 
     def close(self) -> None:
         """Release the socket; later messages open a new one."""

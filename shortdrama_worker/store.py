@@ -169,8 +169,14 @@ class TaskStore:
 
     # -- transitions -------------------------------------------------------------
 
-    async def claim(self, task_id: str, owner: str, lease_s: float) -> Task:
-        """pending (or processing with an expired lease) → processing, owned by us."""
+    async def claim(
+        self, task_id: str, kind: str, owner: str, lease_s: float, max_attempts: int
+    ) -> Task:
+        """pending (or processing with an expired lease) → processing, owned by us.
+
+        Refused (``StaleTransition`` with the record) for another kind, a
+        finished job, a live lease, or a job out of attempts.
+        """
         now = time.time()
         return await self._update(
             task_id,
@@ -184,10 +190,13 @@ class TaskStore:
             add={"attempts": 1},
             remove=("error_code",),
             condition=(
+                "#kind = :kind AND (attribute_not_exists(#attempts) OR #attempts < :max) AND ("
                 "(#status = :pending AND (attribute_not_exists(#cancel) OR #cancel = :false))"
-                " OR (#status = :processing AND #lease < :now)"
+                " OR (#status = :processing AND #lease < :now))"
             ),
             values={
+                ":kind": kind,
+                ":max": max_attempts,
                 ":pending": "pending",
                 ":processing": "processing",
                 ":false": False,
@@ -276,8 +285,8 @@ class TaskStore:
             values={":owner": owner, ":processing": "processing"},
         )
 
-    async def fail_pending(self, task_id: str, *, code: str, message: str) -> Task:
-        """pending → failed, for a job that can never run (no attempts left)."""
+    async def fail_abandoned(self, task_id: str, *, code: str, message: str) -> Task:
+        """A job out of attempts that nobody runs (pending, or its owner died) → failed."""
         now = time.time()
         return await self._update(
             task_id,
@@ -288,8 +297,9 @@ class TaskStore:
                 "updated_at": now,
                 "finished_at": now,
             },
-            condition="#status = :pending",
-            values={":pending": "pending"},
+            condition="#status = :pending OR (#status = :processing AND #lease < :now)",
+            values={":pending": "pending", ":processing": "processing", ":now": now},
+            remove=("owner", "lease_until"),
         )
 
     async def request_cancel(self, task_id: str) -> Task:
@@ -350,6 +360,8 @@ class TaskStore:
             "#owner": "owner",
             "#lease": "lease_until",
             "#cancel": "cancel_requested",
+            "#kind": "job_type",
+            "#attempts": "attempts",
         }
         attr_values = {k: _to_attr(v) for k, v in values.items()}
         parts = []

@@ -44,6 +44,7 @@ def daemon_env(moto_endpoint: str) -> dict[str, str]:
             "SHORTDRAMA_RESULTS__BUCKET": f"results-{suffix}",
             "SHORTDRAMA_CONSUMER__SHUTDOWN_GRACE_S": "1",
             "SHORTDRAMA_LOG__FORMAT": "json",
+            "SHORTDRAMA_HANDLERS__ALLOW": '["face_mask", "example_echo"]',
         }
     )
     return env
@@ -165,3 +166,77 @@ async def test_submit_wait_output_and_sigterm_mid_job_loses_nothing(
     status = run_cli("status", job_id, "--api", second.url, env=daemon_env)
     assert status.returncode == 0 and '"completed"' in status.stdout
     assert await asyncio.to_thread(second.stop) == 0
+
+
+async def poll_until_done(url: str, timeout: float = 40) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    job: dict[str, Any] = {}
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            async with http.get(url) as resp:
+                job = await resp.json()
+            if job["status"] in ("completed", "failed", "cancelled"):
+                return job
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"still {job.get('status')}: {job}")
+
+
+async def start_slow_job_then_kill(
+    env: dict[str, str], daemons: list[Daemon], tmp_path: Path
+) -> str:
+    first = Daemon(env, tmp_path / "killed.log")
+    daemons.append(first)
+    await first.ready()
+    async with aiohttp.ClientSession() as http:
+        payload = {"text": "slow", "delay_s": 30}
+        async with http.post(f"{first.url}/api/v1/example-echo/jobs", json=payload) as resp:
+            job_id = str((await resp.json())["job_id"])
+        for _ in range(100):
+            async with http.get(f"{first.url}/api/v1/jobs/{job_id}") as resp:
+                if (await resp.json())["status"] == "processing":
+                    break
+            await asyncio.sleep(0.1)
+    first.proc.kill()  # SIGKILL: no drain, no hand-back
+    first.proc.wait()
+    return job_id
+
+
+async def test_kill_9_mid_job_completes_once_on_another_instance(
+    daemon_env: dict[str, str], daemons: list[Daemon], tmp_path: Path
+) -> None:
+    env = {**daemon_env, "SHORTDRAMA_QUEUES__VISIBILITY_TIMEOUT_S": "5"}
+    assert run_cli("init", env=env).returncode == 0
+    job_id = await start_slow_job_then_kill(env, daemons, tmp_path)
+    second = Daemon(env, tmp_path / "second.log")
+    daemons.append(second)
+    await second.ready()
+    # The killed run's lease and message visibility run out; the job is taken over.
+    async with aiohttp.ClientSession() as http:
+        payload = {"text": "fast"}
+        async with http.post(f"{second.url}/api/v1/example-echo/jobs", json=payload) as resp:
+            assert resp.status == 202
+    # Shorten the retried run: its input says 30 s, so allow for it.
+    job = await poll_until_done(f"{second.url}/api/v1/jobs/{job_id}", timeout=60)
+    assert job["status"] == "completed"
+    assert job["attempts"] == 2
+    log = (tmp_path / "second.log").read_text()
+    assert log.count(f'"job_id": "{job_id}"') >= 1
+    assert log.count('"event": "job_finished"') == 2  # the taken-over job and the fast one
+
+
+async def test_kill_9_on_the_last_attempt_fails_instead_of_hanging(
+    daemon_env: dict[str, str], daemons: list[Daemon], tmp_path: Path
+) -> None:
+    env = {
+        **daemon_env,
+        "SHORTDRAMA_QUEUES__VISIBILITY_TIMEOUT_S": "5",
+        "SHORTDRAMA_CONSUMER__MAX_ATTEMPTS": "1",
+    }
+    assert run_cli("init", env=env).returncode == 0
+    job_id = await start_slow_job_then_kill(env, daemons, tmp_path)
+    second = Daemon(env, tmp_path / "second.log")
+    daemons.append(second)
+    await second.ready()
+    job = await poll_until_done(f"{second.url}/api/v1/jobs/{job_id}", timeout=30)
+    assert job["status"] == "failed"
+    assert job["error_message"] == "gave up after 1 attempts; last error: worker lost mid-run"

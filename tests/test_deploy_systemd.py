@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from shortdrama_worker.cli import _parser
 from shortdrama_worker.settings import ConsumerSettings, Settings, load_settings
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "systemd"
@@ -173,7 +175,14 @@ def test_unit_keeps_the_lifecycle_contract(unit: Path) -> None:
     assert d["Restart"] == ["on-failure"]
     assert d["KillSignal"] == ["SIGTERM"]
     assert d["KillMode"] == ["mixed"]
-    assert d["ExecStart"][0].startswith(f"{EXEC} serve --config /etc/shortdrama-worker/")
+    argv = shlex.split(d["ExecStart"][0])
+    assert argv[0] == EXEC
+    # The daemon's own parser must accept the command line, or the unit
+    # fails at every start while verify (which cannot run it) stays clean.
+    args = _parser().parse_args(argv[1:])
+    assert args.command == "serve"
+    assert args.config.startswith("/etc/shortdrama-worker/")
+    assert args.config.endswith(".toml")
     assert d["EnvironmentFile"][0].startswith("/etc/shortdrama-worker/")
     watchdog = _seconds(d["WatchdogSec"][0])
     assert 10 <= watchdog <= 300

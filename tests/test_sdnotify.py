@@ -257,8 +257,49 @@ async def test_a_blocked_event_loop_stops_the_pings(fs_socket: tuple[str, socket
         stop.set()
         receiver.join()
     before = [t for t in arrivals if t < blocked_from]
-    during = [t for t in arrivals if blocked_from + 0.02 < t < blocked_until]
+    during = [t for t in arrivals if blocked_from < t < blocked_until]
     after = [t for t in arrivals if t > blocked_until]
     assert len(before) >= 2
-    assert during == []
+    # A ping sent just before the block may be read by a busy thread during
+    # it; a sender off the loop would have sent about ten.
+    assert len(during) <= 1
     assert len(after) >= 2
+
+
+async def test_run_status_sends_only_changes(fs_socket: tuple[str, socket.socket]) -> None:
+    path, sock = fs_socket
+    notifier = SystemdNotifier(path)
+    texts = iter(["in flight 0", "in flight 0", "in flight 1", "in flight 1", "in flight 0"])
+    last = "in flight 0"
+
+    def render() -> str:
+        nonlocal last
+        last = next(texts, last)
+        return last
+
+    task = asyncio.create_task(notifier.run_status(render, interval_s=0.01))
+    try:
+        await asyncio.sleep(0.2)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        notifier.close()
+    assert _drain(sock) == ["STATUS=in flight 0", "STATUS=in flight 1", "STATUS=in flight 0"]
+
+
+async def test_run_status_does_not_repeat_the_status_sent_with_ready(
+    fs_socket: tuple[str, socket.socket],
+) -> None:
+    path, sock = fs_socket
+    notifier = SystemdNotifier(path)
+    notifier.ready("in flight 0")
+    task = asyncio.create_task(notifier.run_status(lambda: "in flight 0", interval_s=0.01))
+    try:
+        await asyncio.sleep(0.1)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        notifier.close()
+    assert _drain(sock) == ["READY=1\nSTATUS=in flight 0"]
