@@ -55,7 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", parents=[common], help="run the job API and the SQS consumer")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("init", parents=[common], help="create queues, DLQs, table and bucket (idempotent)")
+    p = sub.add_parser(
+        "init", parents=[common], help="create queues, DLQs, table and bucket (idempotent)"
+    )
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("handlers", parents=[common], help="list installed handler kinds")

@@ -34,6 +34,7 @@ import aiohttp
 from shortdrama_worker.comfy.errors import (
     ComfyInterruptedError,
     ComfyPromptLostError,
+    ComfyRejectedError,
     ComfyUnavailableError,
     execution_error,
 )
@@ -101,6 +102,7 @@ class PromptRun:
         self.polls = 0
         self.cancel_sent = False
         self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._maybe_queued = False
         self._finished = False
 
     async def __aenter__(self) -> PromptRun:
@@ -114,7 +116,7 @@ class PromptRun:
         tb: TracebackType | None,
     ) -> None:
         try:
-            if exc is not None and self.submitted_at is not None and not self._finished:
+            if exc is not None and self._maybe_queued and not self._finished:
                 # Shielded: the task may be mid-cancellation, and an interrupt that
                 # never reaches ComfyUI leaves the GPU working for nobody.
                 self.cancel_sent = await asyncio.shield(self.client.cancel_quietly(self.prompt_id))
@@ -123,9 +125,16 @@ class PromptRun:
 
     async def submit(self) -> None:
         """``POST /prompt`` with this run's client id and prompt id."""
-        self.prompt_id = await self.client.submit(
-            self.graph, prompt_id=self.prompt_id, client_id=self.client_id
-        )
+        # From here on the prompt may be queued even if the answer never reaches
+        # us (cancelled mid-request); the id is ours, so withdrawing it is safe.
+        self._maybe_queued = True
+        try:
+            self.prompt_id = await self.client.submit(
+                self.graph, prompt_id=self.prompt_id, client_id=self.client_id
+            )
+        except ComfyRejectedError:
+            self._maybe_queued = False  # refused, or already withdrawn by submit()
+            raise
         self.submitted_at = time.monotonic()
 
     async def wait(self, on_progress: ProgressCallback | None = None) -> list[OutputImage]:

@@ -1,0 +1,160 @@
+"""``comfy_workflow``: run one of the operator's own ComfyUI graphs by name.
+
+For studios that bring their own workflows. Off unless
+``[handlers.options.comfy_workflow] enabled = true`` and ``workflow_dir`` is
+set; every ``*.json`` there is loaded and checked at start-up, and a job names
+one by file stem. Inputs follow the marker convention of
+:mod:`shortdrama_worker.comfy.workflows`:
+
+* ``images`` maps markers placed on ``LoadImage``/``LoadImageMask`` nodes to
+  image references; those are fetched and uploaded. An image marker a job
+  leaves out is pruned from the graph, with the nodes that only it fed;
+* ``values`` maps any other marker to a string, number or boolean;
+* ``seed``, when the graph has a ``$seed`` marker and ``values`` does not set
+  it, is the given seed or one derived from the job id.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+
+from pydantic import BaseModel, Field, StringConstraints, model_validator
+
+from shortdrama_worker.comfy.workflows import Scalar, Workflow, load_directory
+from shortdrama_worker.errors import PermanentJobError
+from shortdrama_worker.handlers.base import HandlerInput, Health, JobContext
+from shortdrama_worker.handlers.comfy_common import (
+    MAX_SEED,
+    ComfyHandler,
+    ComfySettings,
+    ImageInput,
+)
+from shortdrama_worker.handlers.fields import ImageRef
+
+IMAGE_LOADERS = frozenset({"LoadImage", "LoadImageMask"})
+MarkerName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
+
+
+class ComfyWorkflowSettings(ComfySettings):
+    """Adds the switch; ``workflow_dir`` is required once it is on."""
+
+    enabled: bool = Field(default=False, description="Serve the operator's workflows.")
+
+    @model_validator(mode="after")
+    def _dir_when_enabled(self) -> ComfyWorkflowSettings:
+        if self.enabled and self.workflow_dir is None:
+            raise ValueError("workflow_dir is required when comfy_workflow is enabled")
+        return self
+
+
+class ComfyWorkflowInput(HandlerInput):
+    """A workflow name with its image and value inputs, addressed by marker."""
+
+    workflow: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
+        description="File stem of a template in the operator's workflow directory.",
+    )
+    images: dict[MarkerName, ImageRef] = Field(
+        default_factory=dict,
+        max_length=8,
+        description="Marker (on a LoadImage node) → image reference.",
+    )
+    values: dict[MarkerName, Annotated[Scalar, Field(union_mode="left_to_right")]] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Marker → value for the marked input.",
+    )
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_SEED,
+        description="Seed for a $seed marker; derived from the job id if unset.",
+    )
+
+
+class ComfyWorkflowHandler(ComfyHandler):
+    """Run a named operator workflow (disabled unless enabled in its settings)."""
+
+    slug: ClassVar[str | None] = "comfy-workflow"
+    input_model: ClassVar[type[BaseModel]] = ComfyWorkflowInput
+    settings_model: ClassVar[type[BaseModel] | None] = ComfyWorkflowSettings
+    description: ClassVar[str] = (
+        "Run one of the operator's ComfyUI workflows by name with named image and value inputs."
+    )
+
+    workflows: dict[str, Workflow]
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the operator turned this handler on (the host may hide it otherwise)."""
+        config = getattr(self, "config", None)
+        return isinstance(config, ComfyWorkflowSettings) and config.enabled
+
+    async def startup(self) -> None:
+        """When enabled: load and check every template, then probe ComfyUI."""
+        self.workflows = {}
+        self.config = self.load_config()
+        if not self.enabled:
+            return
+        await super().startup()
+
+    def load_workflows(self) -> None:
+        assert self.config.workflow_dir is not None
+        self.workflows = load_directory(Path(self.config.workflow_dir))
+        if not self.workflows:
+            self.env.log.warning("comfy_workflow_dir_empty", dir=str(self.config.workflow_dir))
+
+    async def health(self) -> dict[str, Health]:
+        return dict(await super().health()) if self.enabled else {}
+
+    def ready(self) -> bool:
+        return super().ready() if self.enabled else True
+
+    async def run(self, params: Any, ctx: JobContext) -> dict[str, Any]:
+        """Check the inputs against the template's markers, then run it."""
+        if not self.enabled:
+            raise PermanentJobError(
+                "comfy_workflow is disabled; set [handlers.options.comfy_workflow] enabled = true",
+                code="handler_disabled",
+            )
+        if not isinstance(params, ComfyWorkflowInput):
+            params = ComfyWorkflowInput.model_validate(params)
+        workflow = self.workflows.get(params.workflow)
+        if workflow is None:
+            raise PermanentJobError(
+                f"unknown workflow {params.workflow!r}; available: "
+                f"{', '.join(sorted(self.workflows)) or 'none'}",
+                code="unknown_workflow",
+            )
+        image_markers = {m for m in workflow.markers if workflow.class_of(m) <= IMAGE_LOADERS}
+        value_markers = set(workflow.markers) - image_markers
+        self._check(params.images, image_markers, "images", workflow)
+        self._check(params.values, value_markers, "values", workflow)
+        values: dict[str, Scalar] = dict(params.values)
+        seed: int | None = None
+        if "seed" in value_markers and "seed" not in values:
+            seed = self.seed_for(params.seed, ctx)
+            values["seed"] = seed
+        images = [ImageInput(m, ref, f"images.{m}") for m, ref in sorted(params.images.items())]
+        result = await self.execute(
+            ctx,
+            workflow,
+            images=images,
+            values=values,
+            omit=sorted(image_markers - set(params.images)),
+        )
+        if seed is not None:
+            result["seed"] = seed
+        return result
+
+    @staticmethod
+    def _check(given: dict[str, Any], allowed: set[str], field: str, workflow: Workflow) -> None:
+        unknown = sorted(set(given) - allowed)
+        if unknown:
+            raise PermanentJobError(
+                f"{field}: workflow {workflow.name!r} has no {field[:-1]} marker "
+                f"{', '.join('$' + u for u in unknown)}; it has "
+                f"{', '.join('$' + a for a in sorted(allowed)) or 'none'}",
+                code="invalid_input",
+            )
