@@ -193,9 +193,19 @@ async def _stage_data_uris(
     DynamoDB items are capped at 400 KB; a frame as a data URI is megabytes.
     """
     results = request.app[keys.RESULTS]
-    max_bytes = request.app[keys.SETTINGS].inputs.max_bytes
+    inputs = request.app[keys.SETTINGS].inputs
+    max_bytes = inputs.max_bytes
+    buckets = {results.bucket, *inputs.s3_buckets}
 
     async def walk(value: Any, path: str) -> Any:
+        # The fetcher enforces these too; refusing here tells the client now.
+        if isinstance(value, str) and value.startswith("http://") and not inputs.allow_http:
+            raise ValueError(f"{path}: http:// inputs are not allowed here; use https://")
+        if isinstance(value, str) and value.startswith("s3://"):
+            bucket = value[5:].split("/", 1)[0]
+            if bucket not in buckets:
+                raise ValueError(f"{path}: bucket {bucket!r} is not one inputs may be read from")
+            return value
         if isinstance(value, str) and value.startswith("data:"):
             try:
                 fetched = parse_data_uri(value, path, max_bytes)

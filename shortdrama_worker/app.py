@@ -24,6 +24,7 @@ from shortdrama_worker.embedded import embedded_aws
 from shortdrama_worker.handlers.base import Handler, HandlerEnv
 from shortdrama_worker.inputs import InputFetcher
 from shortdrama_worker.metrics import Metrics
+from shortdrama_worker.netguard import AddressPolicy, GuardedResolver
 from shortdrama_worker.middleware import json_errors, request_context
 from shortdrama_worker.plugins import HandlerRegistry, PluginError
 from shortdrama_worker.provision import provision
@@ -77,13 +78,21 @@ async def _aws_endpoint(app: web.Application) -> AsyncIterator[None]:
 async def _clients(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
     endpoint = app[keys.ENDPOINT_URL] or None
-    # One session for the whole process: handlers, input fetches, providers.
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+    policy = AddressPolicy(settings.inputs.allow_networks)
+    # Two sessions: one for the services the operator configured (ComfyUI,
+    # providers), one for URLs clients chose (inputs, webhooks) whose every
+    # resolved address is checked before it is contacted.
     async with (
-        aiohttp.ClientSession(timeout=timeout, raise_for_status=False) as http,
+        aiohttp.ClientSession(timeout=timeout) as http,
+        aiohttp.ClientSession(
+            timeout=timeout, connector=aiohttp.TCPConnector(resolver=GuardedResolver(policy))
+        ) as untrusted,
         open_clients(settings.aws, endpoint) as clients,
     ):
         app[keys.HTTP] = http
+        app[keys.UNTRUSTED_HTTP] = untrusted
+        app[keys.ADDRESS_POLICY] = policy
         app[keys.AWS] = clients
         yield
 
@@ -134,7 +143,13 @@ async def _handlers(app: web.Application) -> AsyncIterator[None]:
             store=app[keys.STORE],
             queue=app[keys.QUEUE],
             results=app[keys.RESULTS],
-            fetcher=InputFetcher(app[keys.HTTP], app[keys.AWS].s3, settings.inputs),
+            fetcher=InputFetcher(
+                app[keys.UNTRUSTED_HTTP],
+                app[keys.AWS].s3,
+                settings.inputs,
+                policy=app[keys.ADDRESS_POLICY],
+                results_bucket=settings.results.bucket,
+            ),
             http=app[keys.HTTP],
             registry=app[keys.REGISTRY],
             handlers=handlers,

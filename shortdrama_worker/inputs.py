@@ -17,12 +17,14 @@ from typing import Any
 from urllib.parse import unquote_to_bytes, urlsplit
 
 import aiohttp
+import yarl
 from botocore.exceptions import BotoCoreError, ClientError
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from shortdrama_worker.aws import error_code
 from shortdrama_worker.errors import InputError, InputUnavailableError
 from shortdrama_worker.handlers.base import FetchedInput
+from shortdrama_worker.netguard import AddressPolicy, literal_ip, refusal_of
 from shortdrama_worker.settings import InputSettings
 
 _DATA_URI = re.compile(
@@ -70,10 +72,22 @@ def check_ref(ref: str, *, allow_http: bool) -> str | None:
 class InputFetcher:
     """Fetches inputs within the configured byte, time and pixel limits."""
 
-    def __init__(self, http: aiohttp.ClientSession, s3: Any, settings: InputSettings) -> None:
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        s3: Any,
+        settings: InputSettings,
+        *,
+        policy: AddressPolicy,
+        results_bucket: str,
+    ) -> None:
+        # ``http`` must be a session whose resolver applies ``policy``
+        # (``netguard.GuardedResolver``); IP literals are checked here.
         self._http = http
         self._s3 = s3
         self.settings = settings
+        self.policy = policy
+        self.buckets = {results_bucket, *settings.s3_buckets}
 
     async def fetch(self, ref: str, *, field: str) -> FetchedInput:
         problem = check_ref(ref, allow_http=self.settings.allow_http)
@@ -89,46 +103,73 @@ class InputFetcher:
         fetched = await self.fetch(ref, field=field)
         return await asyncio.to_thread(decode_image, fetched.data, field, self.settings.max_pixels)
 
+    def _check_hop(self, url: str, field: str) -> None:
+        problem = check_ref(url, allow_http=self.settings.allow_http)
+        if problem or url.startswith(("data:", "s3:")):
+            raise InputError(field, f"{url}: {problem or 'redirect to a non-HTTP URL'}")
+        host = literal_ip(urlsplit(url).hostname or "")
+        if host is not None:
+            reason = self.policy.refusal(host)
+            if reason:
+                raise InputError(field, f"{url} refused: {reason}", code="address_refused")
+
     async def _fetch_http(self, url: str, field: str) -> FetchedInput:
-        limit = self.settings.max_bytes
         timeout = aiohttp.ClientTimeout(total=self.settings.timeout_s)
+        start = url
         try:
-            async with self._http.get(url, timeout=timeout, max_redirects=5) as resp:
-                if resp.status in _PERMANENT_HTTP:
-                    raise InputError(field, f"{url} answered HTTP {resp.status}")
-                if resp.status >= 400:
-                    raise InputUnavailableError(field, f"{url} answered HTTP {resp.status}")
-                if resp.content_length is not None and resp.content_length > limit:
-                    raise InputError(
-                        field, f"{url} is larger than {limit} bytes", code="input_too_large"
-                    )
-                content_type = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
-                if content_type and not (
-                    content_type.startswith("image/") or content_type == "application/octet-stream"
-                ):
-                    raise InputError(field, f"{url} is {content_type}, not an image")
-                chunks = []
-                size = 0
-                async for chunk in resp.content.iter_chunked(64 * 1024):
-                    size += len(chunk)
-                    if size > limit:
-                        raise InputError(
-                            field, f"{url} is larger than {limit} bytes", code="input_too_large"
-                        )
-                    chunks.append(chunk)
+            async with asyncio.timeout(self.settings.timeout_s):
+                for _ in range(self.settings.max_redirects + 1):
+                    self._check_hop(url, field)
+                    async with self._http.get(url, timeout=timeout, allow_redirects=False) as resp:
+                        location = resp.headers.get("Location")
+                        if resp.status in (301, 302, 303, 307, 308) and location:
+                            url = str(resp.url.join(yarl.URL(location)))
+                            continue
+                        return await self._read(resp, url, field)
+                raise InputError(
+                    field, f"{start} redirects more than {self.settings.max_redirects} times"
+                )
         except TimeoutError:
             raise InputUnavailableError(
                 field, f"{url} did not answer within {self.settings.timeout_s:g} s"
             ) from None
-        except aiohttp.TooManyRedirects:
-            raise InputError(field, f"{url} redirects too many times") from None
         except aiohttp.ClientError as exc:
+            refused = refusal_of(exc)
+            if refused is not None:
+                raise InputError(
+                    field, f"{url} refused: {refused.reason}", code="address_refused"
+                ) from None
             raise InputUnavailableError(field, f"{url} unreachable: {exc}") from None
+
+    async def _read(self, resp: aiohttp.ClientResponse, url: str, field: str) -> FetchedInput:
+        limit = self.settings.max_bytes
+        if resp.status in _PERMANENT_HTTP:
+            raise InputError(field, f"{url} answered HTTP {resp.status}")
+        if resp.status >= 400:
+            raise InputUnavailableError(field, f"{url} answered HTTP {resp.status}")
+        if resp.content_length is not None and resp.content_length > limit:
+            raise InputError(field, f"{url} is larger than {limit} bytes", code="input_too_large")
+        content_type = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type and not (
+            content_type.startswith("image/") or content_type == "application/octet-stream"
+        ):
+            raise InputError(field, f"{url} is {content_type}, not an image")
+        chunks = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise InputError(
+                    field, f"{url} is larger than {limit} bytes", code="input_too_large"
+                )
+            chunks.append(chunk)
         return FetchedInput(data=b"".join(chunks), content_type=content_type or None, source=url)
 
     async def _fetch_s3(self, ref: str, field: str) -> FetchedInput:
         parts = urlsplit(ref)
         bucket, key = parts.netloc, parts.path.lstrip("/")
+        if bucket not in self.buckets:
+            raise InputError(field, f"bucket {bucket!r} is not one inputs may be read from")
         limit = self.settings.max_bytes
         try:
             async with asyncio.timeout(self.settings.timeout_s):

@@ -9,6 +9,7 @@ from shortdrama_worker.aws import AwsClients
 from shortdrama_worker.consumer import Consumer
 from shortdrama_worker.handlers.base import Handler
 from shortdrama_worker.metrics import Metrics
+from shortdrama_worker.netguard import AddressPolicy
 from shortdrama_worker.plugins import HandlerRegistry
 from shortdrama_worker.queue import JobQueue
 from shortdrama_worker.results import ResultStore
@@ -21,6 +22,8 @@ METRICS = web.AppKey("metrics", Metrics)
 REGISTRY = web.AppKey("registry", HandlerRegistry)
 HANDLERS = web.AppKey("handlers", dict[str, Handler])
 HTTP = web.AppKey("http", aiohttp.ClientSession)
+UNTRUSTED_HTTP = web.AppKey("untrusted_http", aiohttp.ClientSession)
+ADDRESS_POLICY = web.AppKey("address_policy", AddressPolicy)
 ENDPOINT_URL = web.AppKey("endpoint_url", str)
 AWS = web.AppKey("aws", AwsClients)
 STORE = web.AppKey("store", TaskStore)

@@ -7,11 +7,12 @@ documented in ``config/worker.example.toml``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -115,6 +116,22 @@ class InputSettings(Section):
     timeout_s: float = Field(default=30.0, gt=0)
     max_pixels: int = Field(default=80_000_000, ge=1)
     allow_http: bool = False
+    max_redirects: int = Field(default=3, ge=0, le=10)
+    allow_networks: list[str] = Field(
+        default_factory=list,
+        description="CIDRs that inputs and webhooks may reach although private or loopback.",
+    )
+    s3_buckets: list[str] = Field(
+        default_factory=list,
+        description="Buckets s3:// inputs may name, besides the results bucket.",
+    )
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            ipaddress.ip_network(network, strict=False)  # raises ValueError naming it
+        return value
 
 
 class HandlerSettings(Section):

@@ -59,7 +59,8 @@ def make_settings(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Callab
                 "shutdown_grace_s": 2.0,
                 "progress_min_interval_s": 0.0,
             },
-            "inputs": {"allow_http": True, "timeout_s": 3.0},
+            # Test image servers listen on loopback, which production refuses.
+            "inputs": {"allow_http": True, "timeout_s": 3.0, "allow_networks": ["127.0.0.0/8"]},
             "local": {"provision": True},
         }
         for section, values in sections.items():
