@@ -24,8 +24,8 @@ from shortdrama_worker.embedded import embedded_aws
 from shortdrama_worker.handlers.base import Handler, HandlerEnv
 from shortdrama_worker.inputs import InputFetcher
 from shortdrama_worker.metrics import Metrics
-from shortdrama_worker.netguard import AddressPolicy, GuardedResolver
 from shortdrama_worker.middleware import json_errors, request_context
+from shortdrama_worker.netguard import AddressPolicy, GuardedResolver
 from shortdrama_worker.plugins import HandlerRegistry, PluginError
 from shortdrama_worker.provision import provision
 from shortdrama_worker.queue import JobQueue
