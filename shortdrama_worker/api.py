@@ -14,10 +14,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from shortdrama_worker import keys
+from shortdrama_worker.auth import REQUEST_KEY, may_read, may_submit
 from shortdrama_worker.inputs import parse_data_uri
 from shortdrama_worker.openapi import build_openapi
 from shortdrama_worker.plugins import HandlerSpec
 from shortdrama_worker.queue import QueueError
+from shortdrama_worker.responses import error_response
 from shortdrama_worker.results import ResultStoreError
 from shortdrama_worker.store import StaleTransition, StoreError, Task
 
@@ -26,11 +28,6 @@ log = structlog.get_logger("shortdrama_worker.api")
 # Idempotency keys map to task ids deterministically, so a repeated submit
 # hits the same record and the store's conditional put settles the race.
 _IDEMPOTENCY_NS = uuid.UUID("6f1d7a3e-5b0c-4a59-9c61-2f3a8e1f4b20")
-
-
-def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
-    body = {"error": {"code": code, "message": message, **extra}}
-    return web.json_response(body, status=status)
 
 
 def job_view(task: Task, base_url: str, result_url: str | None = None) -> dict[str, Any]:
@@ -96,6 +93,9 @@ def _field_errors(exc: ValidationError) -> list[dict[str, Any]]:
 async def submit(request: web.Request) -> web.Response:
     app = request.app
     spec = _spec_for(request)
+    key = request.get(REQUEST_KEY)
+    if not may_submit(key, spec.kind):
+        return error_response(403, "forbidden", f"this API key may not submit {spec.kind!r} jobs")
     raw = await request.read()
     try:
         body = json.loads(raw or b"null")
@@ -118,7 +118,8 @@ async def submit(request: web.Request) -> web.Response:
     if idem_key is not None:
         if not 1 <= len(idem_key) <= 255:
             return error_response(422, "invalid_header", "Idempotency-Key: must be 1–255 chars")
-        task_id = str(uuid.uuid5(_IDEMPOTENCY_NS, f"{spec.kind}\n{idem_key}"))
+        owner = key.id if key is not None else ""
+        task_id = str(uuid.uuid5(_IDEMPOTENCY_NS, f"{owner}\n{spec.kind}\n{idem_key}"))
     else:
         task_id = str(uuid.uuid4())
 
@@ -140,6 +141,7 @@ async def submit(request: web.Request) -> web.Response:
         input=data,
         idempotency_key=idem_key,
         request_hash=body_hash,
+        submitted_by=key.id if key is not None else None,
     )
     store = app[keys.STORE]
     try:
@@ -230,7 +232,9 @@ async def get_job(request: web.Request) -> web.Response:
         task = await request.app[keys.STORE].get(task_id)
     except StoreError as exc:
         return error_response(503, "store_unavailable", f"task store unreachable: {exc}")
-    if task is None:
+    if task is None or not may_read(request.get(REQUEST_KEY), task.submitted_by):
+        # Another key's job is reported as missing, not as forbidden: ids of
+        # other tenants' jobs are not confirmed to exist.
         return error_response(404, "not_found", f"no job {task_id}")
     url = None
     if task.result_key and task.status == "completed":
@@ -242,7 +246,12 @@ async def get_job(request: web.Request) -> web.Response:
 async def cancel_job(request: web.Request) -> web.Response:
     task_id = request.match_info["job_id"]
     store = request.app[keys.STORE]
+    key = request.get(REQUEST_KEY)
     try:
+        if key is not None and not key.read_all:
+            existing = await store.get(task_id)
+            if existing is None or not may_read(key, existing.submitted_by):
+                return error_response(404, "not_found", f"no job {task_id}")
         task = await store.request_cancel(task_id)
     except StaleTransition as stale:
         if stale.task is None:

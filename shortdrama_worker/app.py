@@ -17,6 +17,7 @@ import structlog
 from aiohttp import web
 
 from shortdrama_worker import api, keys
+from shortdrama_worker.auth import authenticate
 from shortdrama_worker.aws import open_clients
 from shortdrama_worker.consumer import Consumer
 from shortdrama_worker.context import GpuSlots
@@ -48,7 +49,7 @@ def create_app(
     """Build the application. Handlers come from entry points unless ``registry`` is given."""
     app = web.Application(
         client_max_size=settings.api.max_body_bytes,
-        middlewares=[request_context, json_errors],
+        middlewares=[request_context, json_errors, authenticate],
     )
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics or Metrics()

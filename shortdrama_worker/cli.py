@@ -77,14 +77,38 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="with --wait: download the result to this file")
     p.add_argument("--api", help="API base URL (default from config)")
     p.add_argument("--idempotency-key")
+    p.add_argument("--api-key", help="API key (default: $SHORTDRAMA_API_KEY)")
     p.add_argument("--timeout", type=float, default=1800.0, help="--wait limit in seconds")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("status", parents=[common], help="show a job")
     p.add_argument("job_id")
+    p.add_argument("--api-key", help="API key (default: $SHORTDRAMA_API_KEY)")
     p.add_argument("--api", help="API base URL (default from config)")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("keygen", help="make an API key and the [[auth.keys]] entry for it")
+    p.add_argument("--id", required=True, help="name recorded as submitted_by")
+    p.add_argument("--kinds", default="*", help="comma-separated kinds it may submit")
+    p.set_defaults(func=cmd_keygen)
     return parser
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from shortdrama_worker.auth import new_key
+
+    key, digest = new_key()
+    kinds = ", ".join(f'"{k.strip()}"' for k in args.kinds.split(",") if k.strip())
+    print(f"# give the client: {key}", file=sys.stderr)
+    print(f'[[auth.keys]]\nid = "{args.id}"\nsha256 = "{digest}"\nkinds = [{kinds}]')
+    return EXIT_OK
+
+
+def _auth_headers(args: argparse.Namespace) -> dict[str, str]:
+    import os
+
+    key = getattr(args, "api_key", None) or os.environ.get("SHORTDRAMA_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -277,7 +301,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 async def _submit(args: argparse.Namespace, api: str, payload: dict[str, Any]) -> int:
     slug = args.kind.replace("_", "-")
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=_auth_headers(args)) as http:
         body = await _request(
             http, "POST", f"{api}/api/v1/{slug}/jobs", json=payload, headers=headers
         )
@@ -294,7 +318,8 @@ async def _submit(args: argparse.Namespace, api: str, payload: dict[str, Any]) -
             return EXIT_JOB_FAILED
         print(job["result_url"])
         if args.output:
-            async with http.get(job["result_url"]) as resp:
+            # A plain session: presigned URLs refuse a second auth mechanism.
+            async with aiohttp.ClientSession() as plain, plain.get(job["result_url"]) as resp:
                 if resp.status != 200:
                     raise CliError(f"result download failed: HTTP {resp.status}", EXIT_UNREACHABLE)
                 data = await resp.read()
@@ -351,7 +376,7 @@ async def _request(
 
 def cmd_status(args: argparse.Namespace) -> int:
     async def run() -> dict[str, Any]:
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(headers=_auth_headers(args)) as http:
             return await _request(http, "GET", f"{_api_url(args)}/api/v1/jobs/{args.job_id}")
 
     job = asyncio.run(run())

@@ -65,6 +65,32 @@ def _err(description: str) -> dict[str, Any]:
     }
 
 
+def _close_pattern_keyed_maps(node: Any) -> None:
+    """Make ``dict[<str with a pattern>, V]`` fields refuse other keys, as the models do.
+
+    pydantic renders such a field as ``patternProperties``; in JSON Schema that
+    constrains only the keys that match and leaves every other key free, so a
+    client (or a fuzzer) reading the document would send keys the API refuses.
+    """
+    if isinstance(node, dict):
+        patterns = node.get("patternProperties")
+        if (
+            node.get("type") == "object"
+            and isinstance(patterns, dict)
+            and len(patterns) == 1
+            and "properties" not in node
+            and "additionalProperties" not in node
+        ):
+            (pattern,) = patterns
+            node["propertyNames"] = {**node.get("propertyNames", {}), "pattern": pattern}
+            node["additionalProperties"] = False
+        for value in node.values():
+            _close_pattern_keyed_maps(value)
+    elif isinstance(node, list):
+        for value in node:
+            _close_pattern_keyed_maps(value)
+
+
 def build_openapi(registry: HandlerRegistry) -> dict[str, Any]:
     """An OpenAPI 3.1 document for the job API with one submit path per handler."""
     schemas: dict[str, Any] = {"Error": _ERROR, "Accepted": _ACCEPTED, "Job": _JOB}
@@ -72,6 +98,7 @@ def build_openapi(registry: HandlerRegistry) -> dict[str, Any]:
     for spec in registry:
         model = spec.cls.input_model
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        _close_pattern_keyed_maps(schema)
         schemas.update(schema.pop("$defs", {}))
         name = f"{model.__name__}_{spec.kind}"
         schemas[name] = schema

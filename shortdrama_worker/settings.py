@@ -151,6 +151,29 @@ class HandlerSettings(Section):
     )
 
 
+class ApiKeySettings(Section):
+    id: str = Field(min_length=1, max_length=64, description="Recorded as submitted_by.")
+    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$", description="SHA-256 hex digest of the key.")
+    kinds: list[str] = Field(default_factory=lambda: ["*"], description="Kinds it may submit.")
+    read_all: bool = Field(default=False, description="May read and cancel others' jobs.")
+
+
+class AuthSettings(Section):
+    enabled: bool = False
+    keys: list[ApiKeySettings] = Field(default_factory=list)
+    public_health: bool = True
+    public_metrics: bool = True
+
+    @model_validator(mode="after")
+    def _keys_when_enabled(self) -> AuthSettings:
+        if self.enabled and not self.keys:
+            raise ValueError("auth.enabled needs at least one [[auth.keys]] entry")
+        ids = [k.id for k in self.keys]
+        if len(ids) != len(set(ids)):
+            raise ValueError("auth.keys ids must be unique")
+        return self
+
+
 class LogSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["auto", "json", "console"] = "auto"
@@ -181,6 +204,7 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     results: ResultSettings = Field(default_factory=ResultSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     consumer: ConsumerSettings = Field(default_factory=ConsumerSettings)
     gpu: GpuSettings = Field(default_factory=GpuSettings)
     inputs: InputSettings = Field(default_factory=InputSettings)

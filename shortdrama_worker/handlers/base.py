@@ -59,7 +59,7 @@ class JobContext(Protocol):
     attempt: int
     log: FilteringBoundLogger
     http: aiohttp.ClientSession
-    settings: Mapping[str, Any]
+    settings: Any
     metrics: Any
     """The host's ``Metrics``; handlers observe their own phase timings on it."""
 
@@ -93,7 +93,8 @@ class HandlerEnv:
     kind: str
     http: aiohttp.ClientSession
     log: FilteringBoundLogger
-    settings: Mapping[str, Any]
+    settings: Any
+    """The handler's ``settings_model`` instance, or the raw section if it has none."""
     metrics: Any
 
 

@@ -174,7 +174,11 @@ class ComfyHandler(Handler):
     async def _probe_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.health_interval_s)
-            await self.client.healthy()
+            try:
+                await self.client.healthy()
+            except Exception as exc:  # a dead probe would freeze ready() at its last value
+                self.client.reachable = False
+                self.env.log.warning("comfyui_probe_failed", error=str(exc))
 
     async def shutdown(self) -> None:
         probe, self._probe = self._probe, None

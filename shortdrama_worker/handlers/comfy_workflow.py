@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from shortdrama_worker.comfy.workflows import Scalar, Workflow, load_directory
 from shortdrama_worker.errors import PermanentJobError
-from shortdrama_worker.handlers.base import HandlerInput, Health, JobContext
+from shortdrama_worker.handlers.base import HandlerInput, JobContext
 from shortdrama_worker.handlers.comfy_common import (
     MAX_SEED,
     ComfyHandler,
@@ -92,24 +92,23 @@ class ComfyWorkflowHandler(ComfyHandler):
         return isinstance(config, ComfyWorkflowSettings) and config.enabled
 
     async def startup(self) -> None:
-        """When enabled: load and check every template, then probe ComfyUI."""
+        """Load and check every template when enabled; probe ComfyUI either way.
+
+        Even when disabled the handler reports ComfyUI's reachability in
+        ``ready()``, like its siblings: the consumer takes GPU work when *any*
+        GPU handler is ready, so a disabled one answering "ready" regardless
+        would let jobs burn their attempts against a ComfyUI that is down.
+        """
         self.workflows = {}
-        self.config = self.load_config()
-        if not self.enabled:
-            return
         await super().startup()
 
     def load_workflows(self) -> None:
+        if not self.enabled:
+            return
         assert self.config.workflow_dir is not None
         self.workflows = load_directory(Path(self.config.workflow_dir))
         if not self.workflows:
             self.env.log.warning("comfy_workflow_dir_empty", dir=str(self.config.workflow_dir))
-
-    async def health(self) -> dict[str, Health]:
-        return dict(await super().health()) if self.enabled else {}
-
-    def ready(self) -> bool:
-        return super().ready() if self.enabled else True
 
     async def run(self, params: Any, ctx: JobContext) -> dict[str, Any]:
         """Check the inputs against the template's markers, then run it."""

@@ -1,0 +1,222 @@
+"""GPU duty cycle: our ComfyUI pipeline against the older one-job-at-a-time design.
+
+Run: ``.venv/bin/python bench/gpu_duty_cycle.py`` (about 80 s with the defaults).
+
+Both designs drive the same simulated ComfyUI (``tests/fakes/comfyui.py``,
+speaking ComfyUI v0.8's protocol over real HTTP and WebSocket on 127.0.0.1):
+one prompt executes at a time and takes ``--exec-s``; uploads and ``/view``
+downloads take ``--upload-s`` and ``--download-s``; fetching an input and
+storing a result (S3 in production) take ``--fetch-s`` and ``--store-s``.
+
+* **ours**: the real ``comfy_camera_angle`` handler, ``--concurrency`` jobs in
+  flight (the consumer's ``max_in_flight``), one GPU slot; the slot is held
+  only from prompt submission to completion, so one job's transfers overlap
+  the next job's execution.
+* **old**: one job at a time; upload, submit, poll ``/history/{id}`` every
+  ``--poll-s`` until done, download, store.
+
+"Busy" is the time the simulated ComfyUI spent executing prompts. The duty
+cycle is busy ÷ wall, reported over the whole batch (ramp-up and tail
+included) and at saturation (first execution start → last execution end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import logging
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Outcome:
+    name: str
+    jobs: int
+    wall_s: float
+    busy_s: float
+    saturated_wall_s: float
+
+    @property
+    def duty(self) -> float:
+        return self.busy_s / self.wall_s
+
+    @property
+    def saturated_duty(self) -> float:
+        return self.busy_s / self.saturated_wall_s
+
+    @property
+    def jobs_per_min(self) -> float:
+        return self.jobs * 60.0 / self.wall_s
+
+
+def _input_png() -> bytes:
+    from PIL import Image
+
+    image = Image.linear_gradient("L").resize((768, 512)).convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _outcome(name: str, jobs: int, wall: float, executions: list[Any]) -> Outcome:
+    busy = sum(e.ended - e.started for e in executions)
+    saturated = max(e.ended for e in executions) - min(e.started for e in executions)
+    return Outcome(name, jobs, wall, busy, saturated)
+
+
+async def run_ours(args: argparse.Namespace, image: bytes) -> Outcome:
+    import aiohttp
+    import structlog
+    from fakes.comfy_context import GpuGate, RecordingContext, data_uri
+    from fakes.comfyui import FakeComfyUI, Script
+
+    from shortdrama_worker.handlers.base import HandlerEnv
+    from shortdrama_worker.handlers.camera_angle import CameraAngleHandler, CameraAngleInput
+    from shortdrama_worker.handlers.comfy_common import ComfySettings
+    from shortdrama_worker.metrics import Metrics
+
+    fake = FakeComfyUI(
+        default=Script(exec_s=args.exec_s),
+        upload_latency_s=args.upload_s,
+        view_latency_s=args.download_s,
+    )
+    async with fake as comfy, aiohttp.ClientSession() as http:
+        env = HandlerEnv(
+            kind="comfy_camera_angle",
+            http=http,
+            log=structlog.get_logger("bench"),
+            settings=ComfySettings(base_url=comfy.url),
+            metrics=Metrics(),
+        )
+        handler = CameraAngleHandler(env)
+        await handler.startup()
+        gate = GpuGate(slots=1)
+        in_flight = asyncio.Semaphore(args.concurrency)
+        params = CameraAngleInput(image=data_uri(image), move="rotate_right", degrees=45)
+
+        async def job(index: int) -> None:
+            async with in_flight:
+                ctx = RecordingContext(
+                    job_id=f"bench-{index}",
+                    kind="comfy_camera_angle",
+                    http=http,
+                    gate=gate,
+                    metrics=env.metrics,
+                    fetch_latency_s=args.fetch_s,
+                    store_latency_s=args.store_s,
+                )
+                await handler.run(params, ctx)
+
+        started = time.monotonic()
+        await asyncio.gather(*(job(i) for i in range(args.jobs)))
+        wall = time.monotonic() - started
+        await handler.shutdown()
+        return _outcome("ours", args.jobs, wall, comfy.executions)
+
+
+async def run_old(args: argparse.Namespace, image: bytes) -> Outcome:
+    """The older orchestrator: everything in sequence, completion found by polling."""
+    import aiohttp
+    from fakes.comfyui import FakeComfyUI, Script
+
+    from shortdrama_worker.comfy.workflows import load_workflow
+
+    workflow = load_workflow("camera_angle", None)
+    fake = FakeComfyUI(
+        default=Script(exec_s=args.exec_s),
+        upload_latency_s=args.upload_s,
+        view_latency_s=args.download_s,
+    )
+    async with fake as comfy, aiohttp.ClientSession() as http:
+        started = time.monotonic()
+        for index in range(args.jobs_old):
+            await asyncio.sleep(args.fetch_s)
+            form = aiohttp.FormData()
+            form.add_field("image", image, filename=f"old-{index}.png", content_type="image/png")
+            form.add_field("overwrite", "true")
+            async with http.post(f"{comfy.url}/upload/image", data=form) as response:
+                name = (await response.json())["name"]
+            graph = workflow.render({"image": name, "prompt": "x", "seed": index})
+            prompt_id = str(uuid.uuid4())
+            payload = {"prompt": graph, "prompt_id": prompt_id}
+            async with http.post(f"{comfy.url}/prompt", json=payload) as response:
+                response.raise_for_status()
+            while True:
+                await asyncio.sleep(args.poll_s)
+                async with http.get(f"{comfy.url}/history/{prompt_id}") as response:
+                    entry = (await response.json()).get(prompt_id)
+                if entry:
+                    break
+            for output in entry["outputs"].values():
+                for item in output["images"]:
+                    async with http.get(f"{comfy.url}/view", params=item) as response:
+                        await response.read()
+                    await asyncio.sleep(args.store_s)
+        wall = time.monotonic() - started
+        return _outcome("old", args.jobs_old, wall, comfy.executions)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--exec-s", type=float, default=2.5, help="execution time per prompt")
+    parser.add_argument("--fetch-s", type=float, default=0.2, help="input fetch latency")
+    parser.add_argument("--upload-s", type=float, default=0.2, help="ComfyUI upload latency")
+    parser.add_argument("--download-s", type=float, default=0.2, help="ComfyUI /view latency")
+    parser.add_argument("--store-s", type=float, default=0.2, help="result store (S3) latency")
+    parser.add_argument("--jobs", type=int, default=16, help="jobs for our pipeline")
+    parser.add_argument("--jobs-old", type=int, default=8, help="jobs for the old design")
+    parser.add_argument("--concurrency", type=int, default=2, help="our jobs in flight")
+    parser.add_argument("--poll-s", type=float, default=2.0, help="old design's poll period")
+    return parser
+
+
+async def _main(args: argparse.Namespace) -> None:
+    image = _input_png()
+    ours = await run_ours(args, image)
+    old = await run_old(args, image)
+    print(
+        f"simulated ComfyUI: {args.exec_s:g} s/prompt, one at a time; latency fetch "
+        f"{args.fetch_s:g} s, upload {args.upload_s:g} s, download {args.download_s:g} s, "
+        f"store {args.store_s:g} s"
+    )
+    print(
+        f"ours: {args.concurrency} jobs in flight, 1 GPU slot; "
+        f"old: 1 job at a time, polled every {args.poll_s:g} s"
+    )
+    header = (
+        f"{'design':<7}{'jobs':>6}{'wall s':>9}{'busy s':>9}"
+        f"{'duty':>8}{'duty@sat':>10}{'jobs/min':>10}"
+    )
+    print(header)
+    print("-" * len(header))
+    for outcome in (ours, old):
+        print(
+            f"{outcome.name:<7}{outcome.jobs:>6}{outcome.wall_s:>9.2f}{outcome.busy_s:>9.2f}"
+            f"{outcome.duty:>8.1%}{outcome.saturated_duty:>10.1%}{outcome.jobs_per_min:>10.2f}"
+        )
+    print(
+        f"ratio ours/old: throughput x{ours.jobs_per_min / old.jobs_per_min:.2f}, "
+        f"duty cycle x{ours.duty / old.duty:.2f}"
+    )
+    target = "met" if ours.saturated_duty >= 0.97 else "NOT met"
+    print(f"target >= 97% duty cycle at saturation: {target} ({ours.saturated_duty:.1%})")
+
+
+def main() -> None:
+    import structlog
+
+    # The fake ComfyUI and the recording context live with the tests.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    # One log line per job would bury the table.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    asyncio.run(_main(_parser().parse_args()))
+
+
+if __name__ == "__main__":
+    main()
