@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
@@ -37,12 +38,18 @@ def job_view(task: Task, base_url: str, result_url: str | None = None) -> dict[s
         if task.status == "failed" and task.error_message
         else None
     )
+    webhook = (
+        {"url": task.callback_url, "deliveries": task.webhook_deliveries or []}
+        if task.callback_url
+        else None
+    )
     return {
         "job_id": task.task_id,
         "task_id": task.task_id,
         "kind": task.job_type,
         "status": task.status,
         "progress": task.progress,
+        "webhook": webhook,
         "stage": task.stage,
         "result_url": result_url or task.result_url,
         "result": task.result,
@@ -103,6 +110,13 @@ async def submit(request: web.Request) -> web.Response:
         return error_response(400, "malformed_json", f"request body is not valid JSON: {exc}")
     if not isinstance(body, dict):
         return error_response(400, "malformed_json", "request body must be a JSON object")
+    # The callback URL is about delivery, not the handler's input.
+    callback_url = body.pop("callback_url", None)
+    if callback_url is not None:
+        problem = _callback_problem(callback_url, app[keys.SETTINGS])
+        if problem:
+            errors = [{"field": "callback_url", "message": problem, "type": "value_error"}]
+            return error_response(422, "invalid_input", f"callback_url: {problem}", fields=errors)
     # Accept the older orchestrator's envelope {"input": {...}} as well.
     payload = body["input"] if set(body) == {"input"} and isinstance(body["input"], dict) else body
     try:
@@ -142,6 +156,7 @@ async def submit(request: web.Request) -> web.Response:
         idempotency_key=idem_key,
         request_hash=body_hash,
         submitted_by=key.id if key is not None else None,
+        callback_url=callback_url,
     )
     store = app[keys.STORE]
     try:
@@ -172,6 +187,21 @@ async def submit(request: web.Request) -> web.Response:
     app[keys.METRICS].jobs_submitted.labels(spec.kind).inc()
     log.info("job_submitted", job_id=task_id, kind=spec.kind)
     return _accepted(request, task, status=202)
+
+
+def _callback_problem(url: Any, settings: Any) -> str | None:
+    if not isinstance(url, str):
+        return "must be a string"
+    if settings.webhooks.secret is None:
+        return "webhooks are not configured on this worker (webhooks.secret)"
+    if len(url) > 2048:
+        return "longer than 2048 characters"
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        return "must be an https:// URL"
+    if parts.scheme == "http" and not settings.inputs.allow_http:
+        return "http:// is not allowed here; use https://"
+    return None
 
 
 def _accepted(request: web.Request, task: Task, *, status: int) -> web.Response:
@@ -266,6 +296,7 @@ async def cancel_job(request: web.Request) -> web.Response:
         return error_response(503, "store_unavailable", f"task store unreachable: {exc}")
     # If it runs here, stop it now rather than at the next heartbeat.
     request.app[keys.RUNNER].cancel_local(task_id, "cancelled")
+    request.app[keys.WEBHOOKS].schedule(task)  # only if it is already cancelled
     return web.json_response(job_view(task, _base_url(request)), status=202)
 
 

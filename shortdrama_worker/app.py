@@ -17,6 +17,7 @@ import structlog
 from aiohttp import web
 
 from shortdrama_worker import api, keys
+from shortdrama_worker.api import job_view
 from shortdrama_worker.auth import authenticate
 from shortdrama_worker.aws import open_clients
 from shortdrama_worker.consumer import Consumer
@@ -34,6 +35,7 @@ from shortdrama_worker.results import ResultStore
 from shortdrama_worker.runner import JobRunner
 from shortdrama_worker.settings import Settings
 from shortdrama_worker.store import TaskStore
+from shortdrama_worker.webhooks import WebhookSender
 
 log = structlog.get_logger("shortdrama_worker.app")
 
@@ -138,6 +140,15 @@ async def _handlers(app: web.Application) -> AsyncIterator[None]:
             handlers[spec.kind] = handler
         app[keys.HANDLERS] = handlers
         metrics = app[keys.METRICS]
+        base_url = (settings.api.public_url or "").rstrip("/")
+        webhooks = WebhookSender(
+            app[keys.UNTRUSTED_HTTP],
+            app[keys.STORE],
+            settings.webhooks,
+            render=lambda task: job_view(task, base_url),
+            policy=app[keys.ADDRESS_POLICY],
+        )
+        app[keys.WEBHOOKS] = webhooks
         app[keys.RUNNER] = JobRunner(
             settings=settings,
             owner=instance_id(settings),
@@ -156,8 +167,10 @@ async def _handlers(app: web.Application) -> AsyncIterator[None]:
             handlers=handlers,
             metrics=metrics,
             gpu_slots=GpuSlots(settings.gpu.slots, metrics),
+            webhooks=webhooks,
         )
         yield
+        await webhooks.close()
     finally:
         for kind, handler in handlers.items():
             try:

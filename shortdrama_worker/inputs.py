@@ -24,7 +24,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from shortdrama_worker.aws import error_code
 from shortdrama_worker.errors import InputError, InputUnavailableError
 from shortdrama_worker.handlers.base import FetchedInput
-from shortdrama_worker.netguard import AddressPolicy, literal_ip, refusal_of
+from shortdrama_worker.netguard import AddressPolicy, literal_refusal, refusal_of
 from shortdrama_worker.settings import InputSettings
 
 _DATA_URI = re.compile(
@@ -107,11 +107,9 @@ class InputFetcher:
         problem = check_ref(url, allow_http=self.settings.allow_http)
         if problem or url.startswith(("data:", "s3:")):
             raise InputError(field, f"{url}: {problem or 'redirect to a non-HTTP URL'}")
-        host = literal_ip(urlsplit(url).hostname or "")
-        if host is not None:
-            reason = self.policy.refusal(host)
-            if reason:
-                raise InputError(field, f"{url} refused: {reason}", code="address_refused")
+        reason = literal_refusal(url, self.policy)
+        if reason:
+            raise InputError(field, f"{url} refused: {reason}", code="address_refused")
 
     async def _fetch_http(self, url: str, field: str) -> FetchedInput:
         timeout = aiohttp.ClientTimeout(total=self.settings.timeout_s)

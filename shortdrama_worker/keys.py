@@ -16,6 +16,7 @@ from shortdrama_worker.results import ResultStore
 from shortdrama_worker.runner import JobRunner
 from shortdrama_worker.settings import Settings
 from shortdrama_worker.store import TaskStore
+from shortdrama_worker.webhooks import WebhookSender
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
@@ -30,4 +31,5 @@ STORE = web.AppKey("store", TaskStore)
 QUEUE = web.AppKey("queue", JobQueue)
 RESULTS = web.AppKey("results", ResultStore)
 RUNNER = web.AppKey("runner", JobRunner)
+WEBHOOKS = web.AppKey("webhooks", WebhookSender)
 CONSUMER = web.AppKey[Consumer | None]("consumer")

@@ -15,6 +15,7 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import ThreadedResolver
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -65,6 +66,15 @@ def literal_ip(host: str) -> str | None:
     except ValueError:
         return None
     return candidate
+
+
+def literal_refusal(url: str, policy: AddressPolicy) -> str | None:
+    """Why ``url``'s host may not be contacted, when the host is an IP literal.
+
+    Host names are judged by ``GuardedResolver``; literals never reach it.
+    """
+    host = literal_ip(urlsplit(url).hostname or "")
+    return policy.refusal(host) if host is not None else None
 
 
 class GuardedResolver(AbstractResolver):

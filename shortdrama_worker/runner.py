@@ -33,6 +33,7 @@ from shortdrama_worker.queue import JobMessage, JobQueue, MalformedMessage, Queu
 from shortdrama_worker.results import ResultStore
 from shortdrama_worker.settings import Settings
 from shortdrama_worker.store import StaleTransition, StoreError, Task, TaskStore
+from shortdrama_worker.webhooks import WebhookSender
 
 log = structlog.get_logger("shortdrama_worker.runner")
 
@@ -78,6 +79,7 @@ class JobRunner:
         handlers: dict[str, Handler],
         metrics: Metrics,
         gpu_slots: GpuSlots,
+        webhooks: WebhookSender,
     ) -> None:
         self.settings = settings
         self.owner = owner
@@ -90,6 +92,7 @@ class JobRunner:
         self.handlers = handlers
         self.metrics = metrics
         self.gpu_slots = gpu_slots
+        self.webhooks = webhooks
         self.running: dict[str, RunningJob] = {}
         caps = settings.consumer.kind_concurrency
         self._kind_caps = {kind: asyncio.Semaphore(n) for kind, n in caps.items()}
@@ -188,9 +191,12 @@ class JobRunner:
         last = task.error_message or "worker lost mid-run"
         text = f"gave up after {task.attempts} attempts; last error: {last}"
         try:
-            await self.store.fail_abandoned(task.task_id, code="attempts_exhausted", message=text)
+            failed = await self.store.fail_abandoned(
+                task.task_id, code="attempts_exhausted", message=text
+            )
         except StaleTransition:
             return
+        self.webhooks.schedule(failed)
         await self._dead_letter(message, text)
         self._finished(task.job_type, "failed", 0.0, task.attempts, text)
 
@@ -272,7 +278,7 @@ class JobRunner:
         if primary is not None:
             result = {**result, "files": [s.__dict__ for s in ctx.stored]}
         try:
-            await self.store.complete(
+            done = await self.store.complete(
                 task.task_id,
                 self.owner,
                 result=result,
@@ -284,6 +290,7 @@ class JobRunner:
             # the job now: its outcome counts, ours is discarded.
             log.warning("result_discarded_lost_lease", now_owner=stale.task and stale.task.owner)
             return Outcome("lost", task.attempts)
+        self.webhooks.schedule(done)
         await self._delete_quietly(message)
         return Outcome("completed", task.attempts)
 
@@ -305,9 +312,10 @@ class JobRunner:
         if isinstance(exc, TransientJobError):
             text = f"gave up after {attempts} attempts: {exc.message}"
         try:
-            await self.store.fail(task.task_id, self.owner, code=exc.code, message=text)
+            done = await self.store.fail(task.task_id, self.owner, code=exc.code, message=text)
         except StaleTransition:
             return Outcome("lost", attempts, text)
+        self.webhooks.schedule(done)
         if isinstance(exc, TransientJobError):
             await self._dead_letter(message, text)
         else:
@@ -317,9 +325,10 @@ class JobRunner:
     async def _after_cancel(self, task: Task, message: JobMessage, reason: str) -> Outcome:
         if reason == "cancelled":
             try:
-                await asyncio.shield(self.store.cancelled(task.task_id, self.owner))
+                done = await asyncio.shield(self.store.cancelled(task.task_id, self.owner))
             except StaleTransition:
                 return Outcome("lost", task.attempts)
+            self.webhooks.schedule(done)
             await self._delete_quietly(message)
             return Outcome("cancelled", task.attempts)
         if reason == "lost":

@@ -174,6 +174,16 @@ class AuthSettings(Section):
         return self
 
 
+class WebhookSettings(Section):
+    secret: SecretStr | None = Field(
+        default=None,
+        description="Signing secret (whsec_<base64> or any string); unset refuses callback_url.",
+    )
+    max_attempts: int = Field(default=5, ge=1, le=20)
+    backoff_base_s: float = Field(default=2.0, ge=0)
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
 class LogSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["auto", "json", "console"] = "auto"
@@ -205,6 +215,7 @@ class Settings(BaseSettings):
     results: ResultSettings = Field(default_factory=ResultSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     consumer: ConsumerSettings = Field(default_factory=ConsumerSettings)
     gpu: GpuSettings = Field(default_factory=GpuSettings)
     inputs: InputSettings = Field(default_factory=InputSettings)

@@ -60,6 +60,8 @@ class Task:
     idempotency_key: str | None = None
     request_hash: str | None = None
     submitted_by: str | None = None
+    callback_url: str | None = None
+    webhook_deliveries: list[dict[str, Any]] | None = None
     started_at: float | None = None
     finished_at: float | None = None
     expires_at: int | None = None
@@ -72,7 +74,7 @@ class Task:
         return self.status == "processing" and (self.lease_until or 0) > now
 
 
-_JSON_FIELDS = {"input", "result"}
+_JSON_FIELDS = {"input", "result", "webhook_deliveries"}
 _INT_FIELDS = {"attempts", "expires_at"}
 
 
@@ -300,6 +302,15 @@ class TaskStore:
             condition="#status = :pending OR (#status = :processing AND #lease < :now)",
             values={":pending": "pending", ":processing": "processing", ":now": now},
             remove=("owner", "lease_until"),
+        )
+
+    async def record_deliveries(self, task_id: str, deliveries: list[dict[str, Any]]) -> Task:
+        """Keep the webhook delivery log on a finished job."""
+        return await self._update(
+            task_id,
+            set_={"webhook_deliveries": json.dumps(deliveries, separators=(",", ":"))},
+            condition="#status IN (:completed, :failed, :cancelled)",
+            values={":completed": "completed", ":failed": "failed", ":cancelled": "cancelled"},
         )
 
     async def request_cancel(self, task_id: str) -> Task:
