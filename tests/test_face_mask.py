@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+import pytest
 from PIL import Image
 from support import submit, wait_for
 
@@ -82,3 +83,45 @@ async def test_face_index_out_of_range_is_a_clear_error(make_settings: Any, star
     job = await wait_for(client, job_id)
     assert job["status"] == "failed"
     assert job["error_message"] == "face_index 3 is out of range: 1 face(s) found (valid: 0–0)"
+
+
+async def test_the_qwen_vl_detector_masks_the_face_the_model_found(
+    make_settings: Any, start_app: Any
+) -> None:
+    from fakes.dashscope import FakeDashScope
+
+    # The model lists the right-hand face first; face_index still counts from the left.
+    right, left = (0.60, 0.20, 0.75, 0.55), (0.15, 0.25, 0.30, 0.60)
+    async with FakeDashScope(faces=[right, left]) as fake:
+        section = {
+            "detector": "qwen_vl",
+            "dashscope": {"base_url": fake.base_url, "api_key": fake.api_key},
+        }
+        settings = make_settings(handlers={"options": {"face_mask": section}})
+        registry = HandlerRegistry.from_classes({"face_mask": FaceMaskHandler})
+        _, client = await start_app(settings, registry)
+        frame = Image.new("RGB", (1600, 900), (90, 140, 200))
+        payload = {"image_url": data_uri(frame), "face_index": 1}
+        job = await wait_for(client, await submit(client, "face-mask", payload))
+    assert job["status"] == "completed", job
+    result = job["result"]
+    assert result["detector"] == "qwen_vl"
+    assert result["provenance"]["detector"]["provider"] == "dashscope"
+    assert result["usage"]["dashscope"]["total_tokens"] > 0
+    assert result["faces_found"] == 2
+    assert result["face_box"]["x"] == pytest.approx(0.60 * 1600, abs=30)
+    health = await (await client.get("/health")).json()
+    assert health["checks"]["dashscope"] == "healthy"
+
+
+async def test_a_job_may_not_pick_another_detector_unless_allowed(
+    make_settings: Any, start_app: Any
+) -> None:
+    registry = HandlerRegistry.from_classes({"face_mask": FaceMaskHandler})
+    _, client = await start_app(make_settings(), registry)
+    sample = Image.open(SAMPLE).convert("RGB")
+    payload = {"image_url": data_uri(sample), "detector": "qwen_vl"}
+    job = await wait_for(client, await submit(client, "face-mask", payload))
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "detector_not_allowed"
+    assert job["error_message"].startswith("detector: this worker uses the 'local' detector")

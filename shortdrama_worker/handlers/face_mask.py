@@ -12,13 +12,13 @@ import time
 from typing import Any
 
 from PIL import Image
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from shortdrama_worker.errors import PermanentJobError
-from shortdrama_worker.faces.boxes import FaceBox, FaceDetector
-from shortdrama_worker.faces.local import LocalFaceDetector
+from shortdrama_worker.faces.boxes import FaceBox
+from shortdrama_worker.faces.choice import DetectorName, Detectors, DetectorSettings
 from shortdrama_worker.faces.mask import draw_face_mask
-from shortdrama_worker.handlers.base import Handler, HandlerInput, JobContext
+from shortdrama_worker.handlers.base import Handler, HandlerEnv, HandlerInput, Health, JobContext
 from shortdrama_worker.handlers.fields import ImageRef
 
 
@@ -27,14 +27,15 @@ class FaceMaskInput(HandlerInput):
     face_index: int = Field(
         default=0, ge=0, le=64, description="Which face, counting from 0, left to right."
     )
-
-
-class FaceMaskSettings(BaseModel):
-    min_face_size: int = Field(default=40, ge=12, description="Smallest face, in detection pixels.")
-    min_confidence: float = Field(default=0.9, gt=0, le=1)
-    detect_max_side: int = Field(
-        default=1024, ge=256, description="Frames are detected on a copy this large at most."
+    detector: DetectorName | None = Field(
+        default=None,
+        description="Face detector for this job; only honoured where the worker allows "
+        "choosing it (allow_detector_choice), otherwise its configured one is used.",
     )
+
+
+class FaceMaskSettings(DetectorSettings):
+    """``[handlers.options.face_mask]``: the detector (local by default) and its settings."""
 
 
 def select_face(faces: list[FaceBox], index: int) -> FaceBox:
@@ -65,18 +66,18 @@ class FaceMaskHandler(Handler):
     timeout_s = 120.0
     description = "Black out one face (ellipse over the face, not the hair); PNG of the same size."
 
-    detector: FaceDetector
+    def __init__(self, env: HandlerEnv) -> None:
+        super().__init__(env)
+        config = env.settings
+        if not isinstance(config, FaceMaskSettings):
+            config = FaceMaskSettings.model_validate(config or {})
+        self.detectors = Detectors(config, env)
 
     async def startup(self) -> None:
-        s = self.env.settings
-        assert isinstance(s, FaceMaskSettings)
-        local = LocalFaceDetector(
-            min_face_size=s.min_face_size,
-            min_confidence=s.min_confidence,
-            detect_max_side=s.detect_max_side,
-        )
-        await asyncio.to_thread(local.warm_up)
-        self.detector = local
+        await self.detectors.startup()
+
+    async def health(self) -> dict[str, Health]:
+        return self.detectors.health()
 
     async def run(self, params: FaceMaskInput, ctx: JobContext) -> dict[str, Any]:
         timings: dict[str, float] = {}
@@ -86,8 +87,11 @@ class FaceMaskHandler(Handler):
         await ctx.progress(20, "detecting")
 
         started = time.perf_counter()
-        faces = await self.detector.detect(image)
+        detection = await self.detectors.detect(
+            self.detectors.choose(params.detector), image, ctx, field="image_url"
+        )
         timings["detect_s"] = time.perf_counter() - started
+        faces = detection.faces
         face = select_face(faces, params.face_index)
         await ctx.progress(60, "masking")
 
@@ -100,7 +104,9 @@ class FaceMaskHandler(Handler):
             "face_box": face.as_dict(),
             "face_index": params.face_index,
             "faces_found": len(faces),
-            "detector": self.detector.name,
+            "detector": detection.info["name"],
+            "provenance": {"detector": detection.info},
+            "usage": {"dashscope": detection.usage} if detection.usage else {},
             "width": image.width,
             "height": image.height,
             "image_url": stored.url,

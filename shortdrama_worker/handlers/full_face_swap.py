@@ -10,16 +10,12 @@ with either detector.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal
+from typing import Any
 
-from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from shortdrama_worker.errors import InputError
-from shortdrama_worker.faces.boxes import FaceBox
-from shortdrama_worker.faces.local import LocalFaceDetector
+from shortdrama_worker.faces.choice import DetectorName, Detectors, DetectorSettings
 from shortdrama_worker.faces.mask import draw_face_mask
-from shortdrama_worker.faces.qwen_vl import QwenVLDetector
 from shortdrama_worker.handlers.base import Handler, HandlerEnv, HandlerInput, Health, JobContext
 from shortdrama_worker.handlers.face_mask import select_face
 from shortdrama_worker.handlers.face_swap import (
@@ -32,10 +28,7 @@ from shortdrama_worker.handlers.face_swap import (
     load_section,
 )
 from shortdrama_worker.handlers.fields import ImageRef
-from shortdrama_worker.providers.dashscope import DashScopeClient, DashScopeSettings
 from shortdrama_worker.providers.seedream import SeedreamClient, SeedreamSettings
-
-DetectorName = Literal["local", "qwen_vl"]
 
 
 class FullFaceSwapInput(HandlerInput):
@@ -60,27 +53,9 @@ class FullFaceSwapInput(HandlerInput):
     )
 
 
-class LocalDetectorSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    min_face_size: int = Field(default=40, ge=12, description="Smallest face, in detection pixels.")
-    min_confidence: float = Field(default=0.9, gt=0, le=1)
-    detect_max_side: int = Field(default=1024, ge=256)
-
-
-class FullFaceSwapSettings(BaseModel):
+class FullFaceSwapSettings(DetectorSettings):
     """``[handlers.options.full_face_swap]``."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    detector: DetectorName = Field(
-        default="local", description="local (MTCNN, free) or qwen_vl (DashScope, paid)."
-    )
-    allow_detector_choice: bool = Field(
-        default=False, description="Let a job pick its detector with the detector field."
-    )
-    local: LocalDetectorSettings = Field(default_factory=LocalDetectorSettings)
-    dashscope: DashScopeSettings = Field(default_factory=DashScopeSettings)
     ark: SeedreamSettings = Field(default_factory=SeedreamSettings)
     watermark: bool = Field(default=True, description="Default for jobs that do not say.")
     prompt: str = Field(default=DEFAULT_SWAP_PROMPT, min_length=20, max_length=4000)
@@ -110,65 +85,17 @@ class FullFaceSwapHandler(Handler):
             config_hint=f"handlers.options.{env.kind}.ark.api_key",
         )
         self.swapper = FaceSwapper(self.seedream, c.prompt)
-        self.dashscope = DashScopeClient(
-            c.dashscope,
-            http=env.http,
-            metrics=env.metrics,
-            log=env.log,
-            config_hint=f"handlers.options.{env.kind}.dashscope.api_key",
-        )
-        self.qwen_vl = QwenVLDetector(self.dashscope, env.log)
-        self.local = LocalFaceDetector(
-            min_face_size=c.local.min_face_size,
-            min_confidence=c.local.min_confidence,
-            detect_max_side=c.local.detect_max_side,
-        )
-
-    def _uses(self, detector: DetectorName) -> bool:
-        return self.config.detector == detector or self.config.allow_detector_choice
+        self.detectors = Detectors(c, env)
 
     async def startup(self) -> None:
-        """Load the local detector now if it may be used, so a missing package stops start-up."""
-        if self._uses("local"):
-            await asyncio.to_thread(self.local.warm_up)
+        await self.detectors.startup()
 
     async def health(self) -> dict[str, Health]:
         """``ark`` and, when the paid detector may be used, ``dashscope``."""
         checks: dict[str, Health] = {
             "ark": "healthy" if self.seedream.provider.healthy else "degraded"
         }
-        if self._uses("qwen_vl"):
-            checks["dashscope"] = "healthy" if self.dashscope.provider.healthy else "degraded"
-        return checks
-
-    def _detector_for(self, p: FullFaceSwapInput) -> DetectorName:
-        if p.detector is None or p.detector == self.config.detector:
-            return self.config.detector
-        if not self.config.allow_detector_choice:
-            raise InputError(
-                "detector",
-                f"this worker uses the {self.config.detector!r} detector and does not let "
-                "jobs choose another; leave detector unset",
-                code="detector_not_allowed",
-            )
-        return p.detector
-
-    async def _detect(
-        self, name: DetectorName, image: Image.Image, ctx: JobContext
-    ) -> tuple[list[FaceBox], dict[str, Any], dict[str, int] | None]:
-        """Faces, the detector's provenance, and its provider usage (paid detector only)."""
-        if name == "qwen_vl":
-            grounding = await self.qwen_vl.locate(image, field="source_image", log=ctx.log)
-            info = {
-                "name": self.qwen_vl.name,
-                "provider": "dashscope",
-                "model": grounding.model,
-                "endpoint": self.dashscope.settings.base_url,
-                "truncated_answer": grounding.truncated,
-            }
-            return grounding.faces, info, grounding.usage
-        faces = await self.local.detect(image)
-        return faces, {"name": self.local.name, "provider": "local"}, None
+        return {**checks, **self.detectors.health()}
 
     async def run(self, params: Any, ctx: JobContext) -> dict[str, Any]:
         p = (
@@ -176,7 +103,7 @@ class FullFaceSwapHandler(Handler):
             if isinstance(params, FullFaceSwapInput)
             else FullFaceSwapInput.model_validate(params)
         )
-        detector = self._detector_for(p)
+        detector = self.detectors.choose(p.detector)
         watermark = self.config.watermark if p.watermark is None else p.watermark
 
         await ctx.progress(5, "fetching")
@@ -186,10 +113,11 @@ class FullFaceSwapHandler(Handler):
         )
 
         await ctx.progress(15, "detecting")
-        faces, detector_info, detect_usage = await self._detect(detector, source, ctx)
+        detection = await self.detectors.detect(detector, source, ctx, field="source_image")
+        faces, detector_info = detection.faces, detection.info
         usage: dict[str, dict[str, int]] = {}
-        if detect_usage is not None:
-            usage["dashscope"] = detect_usage
+        if detection.usage is not None:
+            usage["dashscope"] = detection.usage
         face = select_face(faces, p.face_index)
 
         await ctx.progress(30, "masking")
