@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 from pathlib import Path
@@ -173,8 +174,14 @@ async def test_health_ready_and_metrics(api: Any) -> None:
     assert (await api.get("/ready")).status == 200
     job_id = await submit(api, "scripted", {})
     await wait_for(api, job_id)
-    text = await (await api.get("/metrics")).text()
-    assert 'shortdrama_jobs_finished_total{kind="scripted",outcome="completed"} 1.0' in text
+    finished = 'shortdrama_jobs_finished_total{kind="scripted",outcome="completed"} 1.0'
+    # The counter moves once the message is deleted, just after the status is visible.
+    for _ in range(100):
+        text = await (await api.get("/metrics")).text()
+        if finished in text:
+            break
+        await asyncio.sleep(0.02)
+    assert finished in text
     assert "shortdrama_job_duration_seconds_bucket" in text
     assert "shortdrama_gpu_slots 1.0" in text
 
