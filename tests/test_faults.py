@@ -1,0 +1,106 @@
+"""Faults on purpose: AWS going away, S3 refusing results. Nothing may be lost."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from typing import Any
+
+from moto.server import ThreadedMotoServer
+from support import ScriptedHandler, submit, wait_for
+
+from shortdrama_worker import keys
+from shortdrama_worker.plugins import HandlerRegistry
+
+
+def registry() -> HandlerRegistry:
+    return HandlerRegistry.from_classes({"scripted": ScriptedHandler})
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def health(client: Any) -> dict[str, Any]:
+    return dict(await (await client.get("/health")).json())
+
+
+async def eventually(check: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.2)
+
+
+async def test_aws_endpoint_down_for_seconds_then_everything_recovers(
+    make_settings: Any, start_app: Any
+) -> None:
+    port = free_port()
+    endpoint = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    endpoint.start()
+    settings = make_settings(
+        aws={"endpoint_url": f"http://127.0.0.1:{port}", "connect_timeout_s": 1},
+    )
+    _, client = await start_app(settings, registry())
+    before = await submit(client, "scripted", {})
+    assert (await wait_for(client, before))["status"] == "completed"
+
+    endpoint.stop()  # moto keeps its state in the process; only the endpoint goes
+    try:
+        refused = await client.post("/api/v1/scripted/jobs", json={})
+        assert refused.status == 503
+        assert (await refused.json())["error"]["code"] == "store_unavailable"
+        report = await health(client)
+        assert report["status"] == "degraded"
+        assert report["checks"]["dynamodb"] == "degraded"
+
+        async def sqs_degraded() -> bool:
+            return (await health(client))["checks"].get("sqs") == "degraded"
+
+        await eventually(sqs_degraded)
+        await asyncio.sleep(2)  # down for several seconds while the consumer backs off
+    finally:
+        endpoint = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        endpoint.start()
+    try:
+
+        async def healthy() -> bool:
+            return (await health(client))["status"] == "healthy"
+
+        await eventually(healthy, timeout=40)
+        after = await submit(client, "scripted", {})
+        assert (await wait_for(client, after, timeout=30))["status"] == "completed"
+        assert (await wait_for(client, before))["status"] == "completed"
+    finally:
+        await client.close()
+        endpoint.stop()
+
+
+async def test_s3_refusing_results_is_retried_and_never_completed_without_one(
+    make_settings: Any, start_app: Any, aws: Any
+) -> None:
+    settings = make_settings(consumer={"backoff_base_s": 1.0, "max_attempts": 3})
+    app, client = await start_app(settings, registry())
+    bucket = settings.results.bucket
+    await aws.s3.delete_bucket(Bucket=bucket)
+    job_id = await submit(client, "scripted", {})
+
+    async def retry_scheduled() -> bool:
+        job = await (await client.get(f"/api/v1/jobs/{job_id}")).json()
+        assert job["status"] != "completed", "completed without a stored result"
+        return bool(job["attempts"] >= 1 and job["status"] == "pending")
+
+    await eventually(retry_scheduled)
+    job = await (await client.get(f"/api/v1/jobs/{job_id}")).json()
+    assert job["error"] is None  # not failed: waiting for its next attempt
+    assert "S3 put" in job["error_message"]
+    await aws.s3.create_bucket(Bucket=bucket)
+    done = await wait_for(client, job_id, timeout=20)
+    assert done["status"] == "completed"
+    assert done["attempts"] == 2
+    handler = app[keys.HANDLERS]["scripted"]
+    assert isinstance(handler, ScriptedHandler)
+    assert handler.finished == [job_id]
