@@ -8,6 +8,7 @@ both completing one job.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -127,47 +128,35 @@ class TaskStore:
     async def create(self, task: Task) -> None:
         """Insert a new record; ``StaleTransition(existing)`` if the id is taken."""
         task.expires_at = int(task.created_at + self.ttl_s)
-        try:
-            await self._db.put_item(
-                TableName=self.table,
-                Item=_marshal(task),
-                ConditionExpression="attribute_not_exists(task_id)",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
-        except ClientError as exc:
-            if error_code(exc) == "ConditionalCheckFailedException":
-                raise StaleTransition(self._old(exc)) from None
-            raise StoreError(str(exc)) from exc
-        except (BotoCoreError, OSError) as exc:
-            raise StoreError(str(exc)) from exc
+        await self._call(
+            self._db.put_item,
+            TableName=self.table,
+            Item=_marshal(task),
+            ConditionExpression="attribute_not_exists(task_id)",
+            ReturnValuesOnConditionCheckFailure="ALL_OLD",
+        )
 
     async def get(self, task_id: str) -> Task | None:
-        try:
-            reply = await self._db.get_item(
-                TableName=self.table, Key={"task_id": {"S": task_id}}, ConsistentRead=True
-            )
-        except ClientError as exc:
-            raise StoreError(str(exc)) from exc
-        except (BotoCoreError, OSError) as exc:
-            raise StoreError(str(exc)) from exc
+        reply = await self._call(
+            self._db.get_item,
+            TableName=self.table,
+            Key={"task_id": {"S": task_id}},
+            ConsistentRead=True,
+        )
         item = reply.get("Item")
         return _unmarshal(item) if item else None
 
     async def delete_pending(self, task_id: str) -> None:
         """Undo a ``create`` whose message could not be queued."""
-        try:
-            await self._db.delete_item(
+        with contextlib.suppress(StaleTransition):  # no longer pending: leave it be
+            await self._call(
+                self._db.delete_item,
                 TableName=self.table,
                 Key={"task_id": {"S": task_id}},
                 ConditionExpression="#s = :pending",
                 ExpressionAttributeNames={"#s": "status"},
                 ExpressionAttributeValues={":pending": {"S": "pending"}},
             )
-        except ClientError as exc:
-            if error_code(exc) != "ConditionalCheckFailedException":
-                raise StoreError(str(exc)) from exc
-        except (BotoCoreError, OSError) as exc:
-            raise StoreError(str(exc)) from exc
 
     # -- transitions -------------------------------------------------------------
 
@@ -392,24 +381,30 @@ class TaskStore:
                 names[f"#r{k}"] = name
             parts.append("REMOVE " + ", ".join(f"#r{k}" for k in range(len(remove))))
         used = {n for n in names if n in condition or n in " ".join(parts)}
+        reply = await self._call(
+            self._db.update_item,
+            TableName=self.table,
+            Key={"task_id": {"S": task_id}},
+            UpdateExpression=" ".join(parts),
+            ConditionExpression=f"attribute_exists(task_id) AND ({condition})",
+            ExpressionAttributeNames={n: names[n] for n in used},
+            ExpressionAttributeValues=attr_values,
+            ReturnValues="ALL_NEW",
+            ReturnValuesOnConditionCheckFailure="ALL_OLD",
+        )
+        return _unmarshal(reply["Attributes"])
+
+    async def _call(self, method: Any, **kwargs: Any) -> dict[str, Any]:
+        """One DynamoDB call, its failures translated: a lost condition or an outage."""
         try:
-            reply = await self._db.update_item(
-                TableName=self.table,
-                Key={"task_id": {"S": task_id}},
-                UpdateExpression=" ".join(parts),
-                ConditionExpression=f"attribute_exists(task_id) AND ({condition})",
-                ExpressionAttributeNames={n: names[n] for n in used},
-                ExpressionAttributeValues=attr_values,
-                ReturnValues="ALL_NEW",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
+            reply: dict[str, Any] = await method(**kwargs)
         except ClientError as exc:
             if error_code(exc) == "ConditionalCheckFailedException":
                 raise StaleTransition(self._old(exc)) from None
             raise StoreError(str(exc)) from exc
         except (BotoCoreError, OSError) as exc:
             raise StoreError(str(exc)) from exc
-        return _unmarshal(reply["Attributes"])
+        return reply
 
     @staticmethod
     def _old(exc: ClientError) -> Task | None:
