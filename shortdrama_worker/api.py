@@ -120,7 +120,9 @@ async def submit(request: web.Request) -> web.Response:
     # Accept the older orchestrator's envelope {"input": {...}} as well.
     payload = body["input"] if set(body) == {"input"} and isinstance(body["input"], dict) else body
     try:
-        params = spec.cls.input_model.model_validate(payload)
+        # Strict at the edge: "12" or true for an integer is refused, as the
+        # published schema says, instead of being quietly converted.
+        params = spec.cls.input_model.model_validate(payload, strict=True)
     except ValidationError as exc:
         errors = _field_errors(exc)
         summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)

@@ -6,13 +6,8 @@ and a real Prometheus server loads them and scrapes through the relabelling.
 
 from __future__ import annotations
 
-import json
 import shutil
-import socket
 import subprocess
-import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_server import eventually, free_port, needs_prometheus, running_prometheus
 from promql_names import SCRAPE_SERIES, exported_series_names, promql_metric_names
 
 from shortdrama_worker.metrics import Metrics
@@ -31,10 +27,6 @@ ALERTS_TEST = DEPLOY / "alerts_test.yml"
 
 needs_promtool = pytest.mark.skipif(
     shutil.which("promtool") is None, reason="promtool not installed (Debian package: prometheus)"
-)
-needs_prometheus = pytest.mark.skipif(
-    shutil.which("prometheus") is None,
-    reason="prometheus not installed (Debian package: prometheus)",
 )
 
 
@@ -112,46 +104,11 @@ def test_every_alert_has_severity_and_text() -> None:
 # -- a real server ------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return json.load(resp)
-
-
-def _query(base: str, promql: str) -> list[dict[str, Any]]:
-    answer = _get(f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": promql}))
-    assert answer["status"] == "success", answer
-    result: list[dict[str, Any]] = answer["data"]["result"]
-    return result
-
-
-def _eventually(check: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = check()
-        except (OSError, AssertionError):
-            if time.monotonic() > deadline:
-                raise
-        else:
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not met within {timeout}s: {check}")
-        time.sleep(0.25)
-
-
 @pytest.fixture
 def workers() -> Iterator[tuple[Metrics, list[int]]]:
     """Two stand-in workers on loopback serving one registry, as two instances would."""
     metrics = Metrics(CollectorRegistry())
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     servers = [start_http_server(p, addr="127.0.0.1", registry=metrics.registry) for p in ports]
     yield metrics, ports
     for server, thread in servers:
@@ -187,46 +144,29 @@ def test_real_prometheus_loads_the_rules_and_relabels_instances(
         {"targets": [f"localhost:{port_a}"]},
         {"targets": [f"127.0.0.1:{port_b}"], "labels": {"worker": "gpu1"}},
     ]
-    config_file = tmp_path / "prometheus.yml"
-    config_file.write_text(yaml.safe_dump(config))
-
-    web_port = _free_port()
-    base = f"http://127.0.0.1:{web_port}"
-    server = subprocess.Popen(
-        [
-            "prometheus",
-            f"--config.file={config_file}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{web_port}",
-            "--log.level=warn",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        _eventually(lambda: urllib.request.urlopen(f"{base}/-/ready", timeout=2).status == 200)
+    with running_prometheus(config, tmp_path) as prometheus:
+        prometheus.wait_ready()
 
         def both_up() -> dict[str, str] | None:
-            result = _query(base, 'up{job="shortdrama-worker"}')
+            result = prometheus.query('up{job="shortdrama-worker"}')
             up = {r["metric"]["instance"]: r["value"][1] for r in result}
             return up if len(up) == 2 and set(up.values()) == {"1"} else None
 
         # Host names lose their domain and port; a template instance is host:worker.
-        assert _eventually(both_up) == {"localhost": "1", "127.0.0.1:gpu1": "1"}
+        assert eventually(both_up) == {"localhost": "1", "127.0.0.1:gpu1": "1"}
 
         def completed() -> float:
-            result = _query(base, 'sum(shortdrama_jobs_finished_total{outcome="completed"})')
+            result = prometheus.query('sum(shortdrama_jobs_finished_total{outcome="completed"})')
             return float(result[0]["value"][1]) if result else 0.0
 
-        assert _eventually(lambda: completed() == 6.0)  # 3 on each instance
+        assert eventually(lambda: completed() == 6.0)  # 3 on each instance
         metrics.jobs_finished.labels("face_mask", "completed").inc(2)
-        assert _eventually(lambda: completed() == 10.0)
+        assert eventually(lambda: completed() == 10.0)
 
         # Every rule evaluates against real series without error (no
         # many-to-many joins with several instances reporting one queue).
         def rule_health() -> dict[str, str] | None:
-            groups = _get(f"{base}/api/v1/rules")["data"]["groups"]
+            groups = prometheus.get("/api/v1/rules")["data"]["groups"]
             health = {
                 rule["name"]: rule["health"] + (": " + rule.get("lastError", "")).rstrip(": ")
                 for group in groups
@@ -234,14 +174,10 @@ def test_real_prometheus_loads_the_rules_and_relabels_instances(
             }
             return None if any(h == "unknown" for h in health.values()) else health
 
-        health = _eventually(rule_health)
+        health = eventually(rule_health)
         names = {rule.get("alert") or rule["record"] for rule in _rules()}
         assert set(health) == names
         assert all(h == "ok" for h in health.values()), health
         # The DLQ alert saw the DLQ once, not once per instance.
-        dlq = _query(base, "ALERTS{alertname='ShortdramaDeadLetterQueueNotEmpty'}")
+        dlq = prometheus.query("ALERTS{alertname='ShortdramaDeadLetterQueueNotEmpty'}")
         assert [r["metric"]["queue"] for r in dlq] == ["gpu_tasks_queue_dlq"]
-    finally:
-        server.terminate()
-        _, stderr = server.communicate(timeout=30)
-    assert server.returncode == 0, stderr
