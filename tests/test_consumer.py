@@ -303,3 +303,22 @@ async def test_shutdown_mid_job_hands_it_to_another_instance(
     assert job["status"] == "completed"
     assert scripted(first).cancelled == [job_id]
     assert scripted(second).finished == [job_id]
+
+
+async def test_shutdown_during_a_burst_ends_every_job_exactly_once(
+    make_settings: Any, start_app: Any
+) -> None:
+    settings = make_settings(consumer={"shutdown_grace_s": 0.3})
+    first, client = await start_app(settings, registry())
+    job_ids = [await submit(client, "scripted", {"sleep_s": 0.4}) for _ in range(20)]
+    await asyncio.sleep(1.0)  # some done, some running, most still queued
+    consumer = first[keys.CONSUMER]
+    assert consumer is not None
+    await consumer.stop()
+    second, _ = await start_app(settings, registry())
+    jobs = [await wait_for(client, job_id, timeout=40) for job_id in job_ids]
+    assert {j["status"] for j in jobs} == {"completed"}
+    finished = scripted(first).finished + scripted(second).finished
+    assert sorted(finished) == sorted(job_ids), "each job finished once, none twice"
+    assert scripted(first).finished, "the first instance did some of the work"
+    assert scripted(second).finished, "the second took over the rest"
