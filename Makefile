@@ -26,6 +26,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format shortdrama_worker
 
 bench: $(STAMP)
+	$(BIN)/pip install -q -r bench/requirements.txt  # Celery etc.: the baseline, not our runtime
 	$(BIN)/python -m bench
 
 clean:

@@ -6,7 +6,7 @@ A moto server runs in its own process (so it does not share our GIL). One
 application with a no-op handler serves it. For N jobs submitted one at a
 time it measures submit → handler start and handler end → completed visible
 to a client; in the same run it times the bare AWS calls of the minimal path
-(PutItem + SendMessage; ReceiveMessage + GetItem + UpdateItem; UpdateItem +
+(PutItem + SendMessage; ReceiveMessage + UpdateItem; UpdateItem +
 DeleteMessage) and prints our overhead beyond them.
 """
 
@@ -15,31 +15,46 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import platform
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import aiohttp  # noqa: E402
-from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
+import aiohttp
+from aiohttp.test_utils import TestClient, TestServer
 
-from shortdrama_worker.app import create_app  # noqa: E402
-from shortdrama_worker.aws import open_clients  # noqa: E402
-from shortdrama_worker.handlers.base import Handler, HandlerInput, JobContext  # noqa: E402
-from shortdrama_worker.plugins import HandlerRegistry  # noqa: E402
-from shortdrama_worker.settings import Settings, load_settings  # noqa: E402
+from shortdrama_worker import keys
+from shortdrama_worker.app import create_app
+from shortdrama_worker.aws import open_clients
+from shortdrama_worker.handlers.base import Handler, HandlerInput, JobContext
+from shortdrama_worker.logconfig import configure_logging
+from shortdrama_worker.plugins import HandlerRegistry
+from shortdrama_worker.settings import LogSettings, Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class NoopInput(HandlerInput):
     n: int = 0
+    hold: bool = False
+
+
+# Jobs submitted with ``hold`` stay running until the worker gets SIGUSR1: the
+# memory bench uses it to keep 50 jobs in flight in a worker subprocess.
+RELEASE = asyncio.Event()
 
 
 class NoopHandler(Handler):
@@ -52,7 +67,10 @@ class NoopHandler(Handler):
 
     async def run(self, params: NoopInput, ctx: JobContext) -> dict[str, Any]:
         start = time.perf_counter()
-        self.marks[params.n] = (start, time.perf_counter())
+        if params.hold:
+            await RELEASE.wait()
+        if params.n >= 0:
+            self.marks[params.n] = (start, time.perf_counter())
         return {}
 
 
@@ -61,22 +79,29 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-@asynccontextmanager
-async def moto_process() -> Any:
-    port = 20000 + os.getpid() % 20000
+LAST_MOTO_PID = 0
+
+
+@contextmanager
+def moto_process() -> Iterator[str]:
+    """A moto server in its own process, so it does not share the GIL with what it serves."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    global LAST_MOTO_PID
+    LAST_MOTO_PID = proc.pid  # the profile bench reads moto's CPU use
     url = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as http:
-        for _ in range(200):
-            try:
-                async with http.get(f"{url}/moto-api/"):
-                    break
-            except aiohttp.ClientConnectionError:
-                await asyncio.sleep(0.05)
+    for _ in range(400):
+        try:
+            with urllib.request.urlopen(f"{url}/moto-api/", timeout=1):
+                break
+        except OSError:
+            time.sleep(0.05)
     try:
         yield url
     finally:
@@ -84,7 +109,20 @@ async def moto_process() -> Any:
         proc.wait()
 
 
-def bench_settings(endpoint: str) -> Settings:
+def quiet_logging() -> None:
+    """Production logging (JSON, INFO, one line per job) written to /dev/null.
+
+    The cost of rendering each line stays in the measurement, as it would in
+    production, without burying the printed table.
+    """
+    configure_logging(LogSettings(level="INFO", format="json"))
+    sink = open(os.devnull, "w")  # noqa: SIM115 — lives as long as the process
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(sink)
+
+
+def bench_settings(endpoint: str, *, in_flight: int = 4) -> Settings:
     suffix = uuid.uuid4().hex[:8]
     return load_settings(
         None,
@@ -93,8 +131,27 @@ def bench_settings(endpoint: str) -> Settings:
         store={"table": f"t{suffix}"},
         results={"bucket": f"b{suffix}"},
         local={"provision": True},
-        consumer={"consume": ["cpu"], "progress_min_interval_s": 1.0},
+        consumer={
+            "consume": ["cpu"],
+            "progress_min_interval_s": 1.0,
+            "max_in_flight": {"gpu": 1, "cpu": in_flight},
+        },
     )
+
+
+@asynccontextmanager
+async def running_app(
+    settings: Settings, handlers: dict[str, type[Handler]] | None = None
+) -> AsyncIterator[tuple[TestClient[Any, Any], Any]]:
+    """The real application (API + consumer) on a loopback port, and a client for it."""
+    registry = HandlerRegistry.from_classes(handlers or {"noop": NoopHandler})
+    app = create_app(settings, registry=registry)
+    client: TestClient[Any, Any] = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        yield client, app
+    finally:
+        await client.close()
 
 
 async def raw_calls(settings: Settings, endpoint: str, rounds: int) -> dict[str, float]:
@@ -105,7 +162,9 @@ async def raw_calls(settings: Settings, endpoint: str, rounds: int) -> dict[str,
         timings.setdefault(name, []).append(time.perf_counter() - started)
 
     async with open_clients(settings.aws, endpoint) as aws:
-        url = (await aws.sqs.get_queue_url(QueueName=settings.queues.cpu_queue + "_raw"))["QueueUrl"]
+        url = (await aws.sqs.get_queue_url(QueueName=settings.queues.cpu_queue + "_raw"))[
+            "QueueUrl"
+        ]
         table = settings.store.table
         for i in range(rounds):
             key = {"task_id": {"S": f"raw-{i}"}}
@@ -145,16 +204,12 @@ async def raw_calls(settings: Settings, endpoint: str, rounds: int) -> dict[str,
 
 
 async def run(jobs: int) -> dict[str, Any]:
-    async with moto_process() as endpoint:
+    with moto_process() as endpoint:
         settings = bench_settings(endpoint)
-        registry = HandlerRegistry.from_classes({"noop": NoopHandler})
-        app = create_app(settings, registry=registry)
-        client = TestClient(TestServer(app))
-        await client.start_server()
-        try:
+        async with running_app(settings) as (client, app):
             async with open_clients(settings.aws, endpoint) as aws:
                 await aws.sqs.create_queue(QueueName=settings.queues.cpu_queue + "_raw")
-            handler = next(iter(app[__import__("shortdrama_worker.keys").keys.HANDLERS].values()))
+            handler = app[keys.HANDLERS]["noop"]
             assert isinstance(handler, NoopHandler)
             submit_lat, to_start, to_visible, total = [], [], [], []
             for n in range(jobs):
@@ -174,10 +229,9 @@ async def run(jobs: int) -> dict[str, Any]:
                 to_visible.append(t4 - end)
                 total.append(t4 - t0)
             raw = await raw_calls(settings, endpoint, rounds=max(20, jobs // 5))
-        finally:
-            await client.close()
-    # The minimal path: submit (Put+Send), dispatch (Receive+Get+Update), finish (Update+Delete).
-    floor_start = raw["PutItem"] + raw["SendMessage"] + raw["ReceiveMessage"] + raw["GetItem"] + raw["UpdateItem"]
+    # The minimal path: submit (Put+Send), dispatch (Receive+Update: the runner
+    # claims first and reads only when refused, so no GetItem), finish (Update+Delete).
+    floor_start = raw["PutItem"] + raw["SendMessage"] + raw["ReceiveMessage"] + raw["UpdateItem"]
     floor_end = raw["UpdateItem"] + raw["DeleteMessage"]
     return {
         "jobs": jobs,
@@ -195,27 +249,220 @@ async def run(jobs: int) -> dict[str, Any]:
     }
 
 
+def summarise(name: str, latencies: list[float], wall_s: float) -> dict[str, Any]:
+    """p50/p99 of submit → completed (as a client sees it) and completed jobs per second."""
+    return {
+        "name": name,
+        "jobs": len(latencies),
+        "p50_ms": 1000 * pct(latencies, 0.5),
+        "p99_ms": 1000 * pct(latencies, 0.99),
+        "jobs_per_s": len(latencies) / wall_s,
+        "wall_s": wall_s,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def worker_process(
+    endpoint: str, *, in_flight: int = 4, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, int]]:
+    """Our daemon (API + consumer, no-op handler) in its own process; yields (base URL, pid).
+
+    A process of its own, as in production: the load generator's CPU is not
+    charged to the worker, just as Celery's client runs outside Celery's worker.
+    """
+    port = free_port()
+    cmd = [sys.executable, "-m", "bench.dispatch", "--serve", endpoint, "--port", str(port),
+           "--in-flight", str(in_flight)]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {proc.returncode}")
+            try:
+                with urllib.request.urlopen(f"{url}/ready", timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.05)
+        yield url, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+# Set to a path, the ``--serve`` worker profiles itself with pyinstrument
+# (statistical, ~1 ms interval) and writes the text report there on exit.
+PROFILE_ENV = "BENCH_PROFILE"
+
+
+def _profiled(out: Path) -> Any:
+    async def ctx(_app: Any) -> AsyncIterator[None]:
+        from pyinstrument import Profiler
+
+        # async_mode off: we want where the event loop's CPU goes, across all
+        # tasks, not one coroutine's wall time.
+        profiler = Profiler(interval=0.001, async_mode="disabled")
+        profiler.start()
+        yield
+        profiler.stop()
+        # The worker is shutting down; blocking here is harmless.
+        out.write_text(profiler.output_text(unicode=True, show_all=False))  # noqa: ASYNC240
+
+    return ctx
+
+
+def serve(endpoint: str, port: int, in_flight: int) -> None:
+    """The ``--serve`` mode behind ``worker_process``."""
+    from aiohttp import web
+
+    quiet_logging()
+    settings = bench_settings(endpoint, in_flight=in_flight)
+    app = create_app(settings, registry=HandlerRegistry.from_classes({"noop": NoopHandler}))
+
+    async def on_startup(_app: web.Application) -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, RELEASE.set)
+
+    app.on_startup.append(on_startup)
+    profile_to = os.environ.get(PROFILE_ENV)
+    if profile_to:
+        app.cleanup_ctx.insert(0, _profiled(Path(profile_to)))
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+async def run_concurrent(
+    base_url: str,
+    jobs: int,
+    *,
+    submitters: int,
+    poll_s: float,
+    warmup: int = 10,
+    name: str = "shortdrama-worker",
+) -> dict[str, Any]:
+    """``jobs`` no-op jobs from ``submitters`` concurrent clients, each polling every ``poll_s``.
+
+    Each submitter posts a job, polls ``GET /api/v1/jobs/{id}`` until it reads
+    ``completed``, then takes the next. Jobs/s is jobs ÷ (first submit → last
+    completion seen).
+    """
+    async with aiohttp.ClientSession(base_url) as http:
+
+        async def one(n: int) -> float:
+            t0 = time.perf_counter()
+            async with http.post("/api/v1/noop/jobs", json={"n": n}) as resp:
+                job_id = (await resp.json())["job_id"]
+            while True:
+                await asyncio.sleep(poll_s)
+                async with http.get(f"/api/v1/jobs/{job_id}") as resp:
+                    job = await resp.json()
+                if job["status"] == "completed":
+                    return time.perf_counter() - t0
+
+        # Warm-up: first-use costs (botocore loaders, connection pools) are not dispatch.
+        await asyncio.gather(*(one(-1 - i) for i in range(warmup)))
+        latencies: list[float] = []
+        pending = iter(range(jobs))
+
+        async def submitter() -> None:
+            for n in pending:
+                latencies.append(await one(n))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(submitter() for _ in range(submitters)))
+        wall = time.perf_counter() - started
+    return summarise(name, latencies, wall)
+
+
+async def run_burst(
+    base_url: str, jobs: int, *, submitters: int, name: str = "shortdrama-worker"
+) -> dict[str, Any]:
+    """Throughput: ``submitters`` clients submit ``jobs`` jobs at once, then wait for all.
+
+    Completion time is the record's own ``updated_at`` (set when the job is
+    completed), not when a client happened to poll: polls here would be
+    DynamoDB reads on the same endpoint and would throttle what they measure.
+    Each job is polled only after those before it completed, every 100 ms.
+    """
+    async with aiohttp.ClientSession(base_url) as http:
+
+        async def submit(n: int) -> tuple[str, float]:
+            t0 = time.time()
+            async with http.post("/api/v1/noop/jobs", json={"n": n}) as resp:
+                return (await resp.json())["job_id"], t0
+
+        async def done_at(job_id: str) -> float:
+            while True:
+                async with http.get(f"/api/v1/jobs/{job_id}") as resp:
+                    job = await resp.json()
+                if job["status"] == "completed":
+                    return float(job["updated_at"])
+                await asyncio.sleep(0.1)
+
+        # Warm-up, as in run_concurrent.
+        for job_id, _ in await asyncio.gather(*(submit(-1 - i) for i in range(submitters))):
+            await done_at(job_id)
+        pending = iter(range(jobs))
+        submitted: list[tuple[str, float]] = []
+
+        async def submitter() -> None:
+            for n in pending:
+                submitted.append(await submit(n))
+
+        await asyncio.gather(*(submitter() for _ in range(submitters)))
+        finished = [await done_at(job_id) for job_id, _ in submitted]
+    return summarise_burst(name, [t for _, t in submitted], finished)
+
+
+def summarise_burst(name: str, submitted: list[float], finished: list[float]) -> dict[str, Any]:
+    """A burst's jobs/s (first submit → last completion) and submit → completed latencies."""
+    summary = summarise(
+        name, [b - a for a, b in zip(submitted, finished, strict=True)],
+        max(finished) - min(submitted),
+    )  # fmt: skip
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--serve", metavar="ENDPOINT", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--in-flight", type=int, default=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.port, args.in_flight)
+        return
+    quiet_logging()
     result = asyncio.run(run(args.jobs))
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"dispatch overhead — {platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}, moto server in its own process")
+    print(
+        f"dispatch overhead — {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, moto server in its own process"
+    )
     print(f"  jobs (sequential, no-op handler): {result['jobs']}")
     print(f"  POST → 202                 p50 {result['submit_p50_ms']:7.2f} ms")
-    print(f"  submit → handler start     p50 {result['submit_to_start_p50_ms']:7.2f} ms   "
-          f"p99 {result['submit_to_start_p99_ms']:7.2f} ms   "
-          f"(bare AWS calls: {result['floor_submit_to_start_ms']:.2f} ms)")
-    print(f"  handler end → completed    p50 {result['end_to_visible_p50_ms']:7.2f} ms   "
-          f"p99 {result['end_to_visible_p99_ms']:7.2f} ms   "
-          f"(bare AWS calls: {result['floor_end_to_visible_ms']:.2f} ms; includes client poll)")
-    print(f"  overhead beyond the endpoint: start {result['overhead_start_p50_ms']:.2f} ms, "
-          f"end {result['overhead_end_p50_ms']:.2f} ms (p50)")
+    print(
+        f"  submit → handler start     p50 {result['submit_to_start_p50_ms']:7.2f} ms   "
+        f"p99 {result['submit_to_start_p99_ms']:7.2f} ms   "
+        f"(bare AWS calls: {result['floor_submit_to_start_ms']:.2f} ms)"
+    )
+    print(
+        f"  handler end → completed    p50 {result['end_to_visible_p50_ms']:7.2f} ms   "
+        f"p99 {result['end_to_visible_p99_ms']:7.2f} ms   "
+        f"(bare AWS calls: {result['floor_end_to_visible_ms']:.2f} ms; includes client poll)"
+    )
+    print(
+        f"  overhead beyond the endpoint: start {result['overhead_start_p50_ms']:.2f} ms, "
+        f"end {result['overhead_end_p50_ms']:.2f} ms (p50)"
+    )
     print(f"  bare call medians (ms): {result['raw_calls_ms']}")
 
 

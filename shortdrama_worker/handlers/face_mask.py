@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
+import zlib
 from typing import Any
 
 from PIL import Image
@@ -53,9 +54,11 @@ def select_face(faces: list[FaceBox], index: int) -> FaceBox:
 
 def encode_png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    # compress_level 1: masks are stored once and fetched a few times; the
-    # default level costs ~4× the CPU for ~10 % smaller files.
-    image.save(buffer, format="PNG", compress_level=1)
+    # Encoding is the largest cost of a mask job. Level 1 with zlib's RLE
+    # strategy: the default level costs ~4× the CPU for ~10 % smaller files,
+    # and RLE is both ~10 % faster and ~13 % smaller than level 1 alone
+    # (bench/face_mask.py, 1024² frame). Still lossless.
+    image.save(buffer, format="PNG", compress_level=1, compress_type=zlib.Z_RLE)
     return buffer.getvalue()
 
 

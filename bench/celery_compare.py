@@ -1,0 +1,297 @@
+"""Our worker against Celery + kombu's SQS transport: the same no-op job, the same endpoint.
+
+Run: ``.venv/bin/python bench/celery_compare.py [--jobs 300 --submitters 16]``
+(needs ``.venv/bin/pip install -r bench/requirements.txt``).
+
+One moto server runs in its own process; both systems use it, one after the
+other, in this one invocation:
+
+* **ours**: the real application (API + in-process consumer) in this process,
+  ``max_in_flight`` jobs at once. A submitter POSTs a job, then polls
+  ``GET /api/v1/jobs/{id}`` (one DynamoDB GetItem) until ``completed``.
+* **Celery**: ``celery worker -P threads -c <same>`` in a subprocess, broker
+  ``sqs://`` at the moto server, results in Celery's DynamoDB backend on the
+  same server. A submitter calls ``apply_async`` then ``AsyncResult.get`` with
+  the same poll interval (one GetItem per poll).
+
+Both log at INFO to /dev/null. Latency is submit → completed as the client
+sees it; jobs/s is jobs ÷ (first submit → last completion seen).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import dispatch  # noqa: E402
+
+
+def require_bench_extras() -> None:
+    """Exit with a clear message when the bench-only packages are missing."""
+    missing = []
+    for module in ("celery", "kombu", "pycurl", "boto3"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        sys.exit(
+            f"celery_compare needs {', '.join(missing)} (bench only, not a runtime dependency): "
+            f"{sys.executable} -m pip install -r bench/requirements.txt"
+        )
+
+
+@contextlib.contextmanager
+def celery_worker(endpoint: str, concurrency: int, pool_limit: int) -> Iterator[dict[str, str]]:
+    """A Celery worker subprocess on a fresh SQS queue; yields the env the producer needs."""
+    import boto3
+
+    suffix = uuid.uuid4().hex[:8]
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+    )
+    queue = f"celery-{suffix}"
+    # Celery's documented defaults for a queue it would create: no queue-side
+    # long-poll wait (kombu asks for 10 s per receive itself), 30 min visibility.
+    url = sqs.create_queue(QueueName=queue, Attributes={"VisibilityTimeout": "1800"})["QueueUrl"]
+    env = {
+        "BENCH_ENDPOINT": endpoint,
+        "BENCH_CELERY_QUEUE": queue,
+        "BENCH_CELERY_QUEUE_URL": url,
+        "BENCH_CELERY_TABLE": f"celery-results-{suffix}",
+        "BENCH_CELERY_POOL_LIMIT": str(pool_limit),
+    }
+    os.environ.update(env)
+    cmd = [
+        sys.executable, "-m", "celery", "-A", "bench._celery_app", "worker",
+        "-P", "threads", "-c", str(concurrency), "-Q", queue, "-l", "INFO",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "--logfile", os.devnull,
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        yield env
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# (jobs, submitters, client poll period in seconds) for each phase; a poll
+# period of BURST means: submit all, completion times from the stored records.
+Phase = tuple[int, int, float]
+BURST = 0.0
+
+
+def celery_phases(endpoint: str, phases: list[Phase], *, concurrency: int) -> list[dict[str, Any]]:
+    """Run each phase through one Celery worker; one summary per phase."""
+    submitters_max = max(s for _, s, _ in phases)
+    with celery_worker(endpoint, concurrency, pool_limit=submitters_max + 2):
+        # Imported after the environment is set: the app reads it at import.
+        from bench import _celery_app
+
+        task = _celery_app.noop
+
+        def one(n: int, poll_s: float) -> float:
+            t0 = time.perf_counter()
+            result = task.apply_async(args=(n,))
+            result.get(interval=poll_s, timeout=120)
+            return time.perf_counter() - t0
+
+        # The first job, alone, lets one backend create the results table;
+        # several threads creating it at once fail with ResourceInUseException.
+        one(-1000, 0.05)
+        return [
+            _celery_burst(task, jobs, subs) if poll_s == BURST else _celery_phase(one, *phase)
+            for phase in phases
+            for jobs, subs, poll_s in [phase]
+        ]
+
+
+def _celery_burst(task: Any, jobs: int, submitters: int) -> dict[str, Any]:
+    """As ``dispatch.run_burst``: submit all at once; completion from the result's date_done."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def submit(n: int) -> tuple[Any, float]:
+        t0 = time.time()
+        return task.apply_async(args=(n,)), t0
+
+    def done_at(result: Any) -> float:
+        result.get(interval=0.1, timeout=300)
+        done = result.date_done
+        if done.tzinfo is None:  # Celery stores UTC; some versions return it naive
+            done = done.replace(tzinfo=datetime.UTC)
+        return float(done.timestamp())
+
+    with ThreadPoolExecutor(submitters) as pool:
+        # Warm-up: each thread's producer connection, as in the other phases.
+        for result, _ in list(pool.map(submit, range(-submitters, 0))):
+            done_at(result)
+        submitted = list(pool.map(submit, range(jobs)))
+    finished = [done_at(result) for result, _ in submitted]
+    return dispatch.summarise_burst("Celery+SQS", [t for _, t in submitted], finished)
+
+
+def _celery_phase(one: Any, jobs: int, submitters: int, poll_s: float) -> dict[str, Any]:
+    latencies: list[float] = []
+    errors: list[BaseException] = []
+    counter = iter(range(jobs))
+    lock = threading.Lock()
+    # Every thread warms up its own producer and result-backend client
+    # (Celery keeps one per thread) before the clock starts.
+    ready = threading.Barrier(submitters + 1)
+    go = threading.Event()
+
+    def submitter(index: int) -> None:
+        try:
+            one(-1 - index, poll_s)
+        except Exception as exc:  # reported below: a failed job must not hang the bench
+            errors.append(exc)
+        ready.wait()
+        go.wait()
+        while not errors:
+            with lock:
+                n = next(counter, None)
+            if n is None:
+                return
+            try:
+                latencies.append(one(n, poll_s))
+            except Exception as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=submitter, args=(i,)) for i in range(submitters)]
+    for thread in threads:
+        thread.start()
+    ready.wait(timeout=180)
+    started = time.perf_counter()
+    go.set()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    if errors:
+        raise RuntimeError(f"Celery jobs failed: {errors[0]!r}")
+    return dispatch.summarise("Celery+SQS", latencies, wall)
+
+
+def our_phases(endpoint: str, phases: list[Phase], *, concurrency: int) -> list[dict[str, Any]]:
+    """Run each phase through one worker process of ours; one summary per phase."""
+    with dispatch.worker_process(endpoint, in_flight=concurrency) as (url, _pid):
+
+        async def run_all() -> list[dict[str, Any]]:
+            return [
+                await dispatch.run_burst(url, jobs, submitters=subs)
+                if poll_s == BURST
+                else await dispatch.run_concurrent(url, jobs, submitters=subs, poll_s=poll_s)
+                for jobs, subs, poll_s in phases
+            ]
+
+        return asyncio.run(run_all())
+
+
+def compare(endpoint: str, phases: list[Phase], *, concurrency: int) -> dict[str, Any]:
+    ours = our_phases(endpoint, phases, concurrency=concurrency)
+    celery = celery_phases(endpoint, phases, concurrency=concurrency)
+    rows = []
+    for (jobs, submitters, poll_s), a, b in zip(phases, ours, celery, strict=True):
+        rows.append(
+            {
+                "jobs": jobs,
+                "submitters": submitters,
+                "poll_s": poll_s,
+                "ours": a,
+                "celery": b,
+                "throughput_ratio": a["jobs_per_s"] / b["jobs_per_s"],
+                "p50_ratio": a["p50_ms"] / b["p50_ms"],
+            }
+        )
+    return {"concurrency": concurrency, "phases": rows}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [
+        f"Same no-op job, same moto server; {result['concurrency']} jobs in flight per worker "
+        "(ours: max_in_flight; Celery: -P threads -c); each worker in its own process",
+        f"{'phase':<36}{'metric':<20}{'ours':>10}{'Celery+SQS':>12}{'ours/Celery':>13}",
+    ]
+    for row in result["phases"]:
+        ours, celery = row["ours"], row["celery"]
+        label = (
+            f"burst of {row['jobs']}, {row['submitters']} submitters"
+            if row["poll_s"] == BURST
+            else f"{row['jobs']} jobs, {row['submitters']} submitter"
+            f"{'s' if row['submitters'] > 1 else ''}, poll {1000 * row['poll_s']:g} ms"
+        )
+        for metric, key, fmt in (
+            ("completed jobs/s", "jobs_per_s", ".1f"),
+            ("submit→done p50 ms", "p50_ms", ".1f"),
+            ("submit→done p99 ms", "p99_ms", ".1f"),
+        ):
+            lines.append(
+                f"{label:<36}{metric:<20}{ours[key]:>10{fmt}}{celery[key]:>12{fmt}}"
+                f"{ours[key] / celery[key]:>12.2f}x"
+            )
+            label = ""
+    loaded = max(result["phases"], key=lambda r: r["submitters"])
+    idle = min(result["phases"], key=lambda r: r["submitters"])
+    hit = loaded["throughput_ratio"] >= 3 and idle["p50_ratio"] < 1
+    lines.append(
+        f"target ≥3x Celery's jobs/s with lower p50: {'met' if hit else 'NOT met'} "
+        f"(jobs/s {loaded['throughput_ratio']:.2f}x under load; "
+        f"p50 {idle['p50_ratio']:.2f}x unloaded, {loaded['p50_ratio']:.2f}x under load)"
+    )
+    return "\n".join(lines)
+
+
+def default_phases(jobs: int, submitters: int) -> list[Phase]:
+    """Unloaded latency (one submitter polling every 5 ms), then a burst for throughput.
+
+    In the burst, completion times come from the stored records rather than
+    from polling: every status poll is a DynamoDB read on the same moto
+    server (and, for us, a request to the worker), so tight polling by many
+    clients would mostly measure the polling.
+    """
+    return [(max(20, jobs // 6), 1, 0.005), (jobs, submitters, BURST)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=300)
+    parser.add_argument("--submitters", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    require_bench_extras()
+    dispatch.quiet_logging()
+    with dispatch.moto_process() as endpoint:
+        result = compare(
+            endpoint, default_phases(args.jobs, args.submitters), concurrency=args.concurrency
+        )
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+
+
+if __name__ == "__main__":
+    main()
