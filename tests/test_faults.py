@@ -104,3 +104,58 @@ async def test_s3_refusing_results_is_retried_and_never_completed_without_one(
     handler = app[keys.HANDLERS]["scripted"]
     assert isinstance(handler, ScriptedHandler)
     assert handler.finished == [job_id]
+
+
+async def test_a_provider_down_for_every_attempt_fails_the_job_into_the_dlq(
+    make_settings: Any, start_app: Any, aws: Any
+) -> None:
+    import base64
+    import io
+    import json
+
+    from PIL import Image
+
+    from shortdrama_worker.handlers.face_swap import FaceSwapHandler
+
+    down = {
+        "base_url": "http://127.0.0.1:9/api/v3",  # nothing listens: connection refused
+        "api_key": "k",
+        "backoff_base_s": 0.01,
+        "backoff_max_s": 0.02,
+        "requests_per_minute": 0,
+    }
+    settings = make_settings(
+        consumer={"max_attempts": 2},
+        handlers={"options": {"face_swap": {"ark": down}}},
+    )
+    registry = HandlerRegistry.from_classes({"face_swap": FaceSwapHandler})
+    app, client = await start_app(settings, registry)
+    buffer = io.BytesIO()
+    Image.new("RGB", (1280, 720), (120, 90, 60)).save(buffer, format="PNG")
+    image = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    job_id = await submit(client, "face-swap", {"masked_image": image, "target_face": image})
+    job = await wait_for(client, job_id, timeout=30)
+    assert job["status"] == "failed"
+    assert job["attempts"] == 2
+    assert job["error_message"].startswith("gave up after 2 attempts: ")
+    assert "Seedream" in job["error_message"] or "ARK" in job["error_message"]
+    dlq = app[keys.QUEUE].url("cpu", dlq=True)
+    reply = await aws.sqs.receive_message(QueueUrl=dlq, WaitTimeSeconds=1)
+    assert [json.loads(m["Body"])["task_id"] for m in reply["Messages"]] == [job_id]
+
+
+async def test_s3_down_while_staging_inputs_refuses_the_submit_and_writes_nothing(
+    make_settings: Any, start_app: Any, aws: Any
+) -> None:
+    settings = make_settings()
+    _, client = await start_app(settings, registry())
+    await aws.s3.delete_bucket(Bucket=settings.results.bucket)
+    png = (
+        "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8"
+        "/5+hHgAHggJ/PchI7wAAAABJRU5ErkJggg=="
+    )
+    resp = await client.post("/api/v1/scripted/jobs", json={"image_url": png})
+    assert resp.status == 503
+    assert (await resp.json())["error"]["code"] == "storage_unavailable"
+    scan = await aws.dynamodb.scan(TableName=settings.store.table)
+    assert scan["Items"] == []
