@@ -107,7 +107,10 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         for line in await provision(clients, settings):
             log.info("provisioned", resource=line)
     app[keys.STORE] = TaskStore(
-        clients.dynamodb, settings.store.table, ttl_days=settings.store.ttl_days
+        clients.dynamodb,
+        settings.store.table,
+        ttl_days=settings.store.ttl_days,
+        status_index=settings.store.status_index,
     )
     queue = JobQueue(clients.sqs, settings)
     await queue.resolve()

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import structlog
 
 from shortdrama_worker.queue import JobQueue, QueueError
 from shortdrama_worker.runner import JobRunner
 from shortdrama_worker.settings import Resource, Settings
+from shortdrama_worker.store import StaleTransition, StoreError
 
 log = structlog.get_logger("shortdrama_worker.consumer")
 
@@ -66,6 +68,8 @@ class Consumer:
         for resource in self.resources:
             self._loops.append(asyncio.create_task(self._poll(resource), name=f"poll-{resource}"))
         self._loops.append(asyncio.create_task(self._watch_depth(), name="queue-depth"))
+        if self.settings.consumer.reconcile_interval_s:
+            self._loops.append(asyncio.create_task(self._reconcile(), name="reconcile"))
         self.running = True
         log.info("consumer_started", resources=self.resources)
 
@@ -75,7 +79,8 @@ class Consumer:
             return
         self.draining = True
         self._stopping.set()
-        loops = [t for t in self._loops if not t.get_name().startswith("queue-depth")]
+        # Background loops stop now; only the poll loops finish their long poll.
+        loops = [t for t in self._loops if t.get_name().startswith("poll-")]
         for task in self._loops:
             if task not in loops:
                 task.cancel()
@@ -142,6 +147,40 @@ class Consumer:
                 self._jobs.add(job)
                 job.add_done_callback(self._jobs.discard)
                 job.add_done_callback(lambda _t: slots.release())
+
+    async def reconcile_once(self) -> int:
+        """Re-queue jobs whose message was lost; returns how many.
+
+        A message can be lost where a write succeeded but its answer did not
+        arrive (PutItem timing out after it landed), or where SQS's redrive
+        moved it to the DLQ while its job was still pending. A duplicate
+        message is harmless (claims are conditional), so erring towards
+        re-sending is safe.
+        """
+        store = self.runner.store
+        before = time.time() - self.settings.consumer.stale_after_s
+        requeued = 0
+        for status in ("pending", "processing"):
+            for task in await store.orphans(status, before):
+                if task.job_type not in self.runner.registry.by_kind:
+                    continue  # another instance serves it, and will re-queue it
+                try:
+                    await store.claim_orphan(task.task_id, before)
+                except StaleTransition:
+                    continue  # not an orphan after all, or another instance won
+                resource = self.runner.registry.by_kind[task.job_type].resource
+                await self.queue.send(resource, task.task_id, task.job_type)
+                log.warning("orphan_requeued", job_id=task.task_id, status=status)
+                requeued += 1
+        return requeued
+
+    async def _reconcile(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.consumer.reconcile_interval_s)
+            try:
+                await self.reconcile_once()
+            except (StoreError, QueueError) as exc:
+                log.warning("reconcile_failed", error=str(exc))
 
     async def _watch_depth(self) -> None:
         """Export queue and DLQ depth from SQS attributes for dashboards and alerts."""

@@ -113,6 +113,15 @@ class ConsumerSettings(Section):
     cancel_poll_s: float = Field(default=2.0, gt=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     progress_min_interval_s: float = Field(default=1.0, ge=0)
+    reconcile_interval_s: float = Field(
+        default=300.0, ge=0, description="How often to look for orphaned jobs; 0 turns it off."
+    )
+    stale_after_s: float = Field(
+        default=1800.0,
+        ge=60,
+        description="A pending job untouched this long (or a lease expired this long ago) "
+        "is re-queued: its message was lost.",
+    )
 
 
 class GpuSettings(Section):

@@ -120,9 +120,10 @@ def _unmarshal(item: dict[str, dict[str, Any]]) -> Task:
 class TaskStore:
     """Conditional reads and writes of task records."""
 
-    def __init__(self, client: Any, table: str, *, ttl_days: int) -> None:
+    def __init__(self, client: Any, table: str, *, ttl_days: int, status_index: str) -> None:
         self._db = client
         self.table = table
+        self.status_index = status_index
         self.ttl_s = ttl_days * 86400
 
     async def create(self, task: Task) -> None:
@@ -300,6 +301,31 @@ class TaskStore:
             set_={"webhook_deliveries": json.dumps(deliveries, separators=(",", ":"))},
             condition="#status IN (:completed, :failed, :cancelled)",
             values={":completed": "completed", ":failed": "failed", ":cancelled": "cancelled"},
+        )
+
+    async def orphans(self, status: str, before: float, limit: int = 100) -> list[Task]:
+        """Oldest jobs in ``status`` created before ``before`` (GSI, eventually consistent)."""
+        reply = await self._call(
+            self._db.query,
+            TableName=self.table,
+            IndexName=self.status_index,
+            KeyConditionExpression="#s = :s AND created_at < :before",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues={":s": {"S": status}, ":before": _to_attr(before)},
+            Limit=limit,
+        )
+        return [_unmarshal(item) for item in reply.get("Items", [])]
+
+    async def claim_orphan(self, task_id: str, before: float) -> Task:
+        """Mark a job as re-queued, if it is still an orphan; only one instance wins."""
+        return await self._update(
+            task_id,
+            set_={"updated_at": time.time()},
+            condition=(
+                "(#status = :pending AND updated_at < :before)"
+                " OR (#status = :processing AND #lease < :before)"
+            ),
+            values={":pending": "pending", ":processing": "processing", ":before": before},
         )
 
     async def request_cancel(self, task_id: str) -> Task:

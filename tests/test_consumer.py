@@ -322,3 +322,33 @@ async def test_shutdown_during_a_burst_ends_every_job_exactly_once(
     assert sorted(finished) == sorted(job_ids), "each job finished once, none twice"
     assert scripted(first).finished, "the first instance did some of the work"
     assert scripted(second).finished, "the second took over the rest"
+
+
+async def test_a_job_whose_message_was_lost_is_requeued_and_completes(
+    make_settings: Any, start_app: Any
+) -> None:
+    import time
+
+    from shortdrama_worker.store import Task
+
+    settings = make_settings(consumer={"stale_after_s": 60, "reconcile_interval_s": 0})
+    app, client = await start_app(settings, registry())
+    store = app[keys.STORE]
+    old = time.time() - 600
+    # A record with no message: its PutItem answered too late, or its message was redriven.
+    await store.create(Task("orphan-pending", "scripted", "pending", old, old, input={}))
+    # A job whose worker died long ago and whose message is gone.
+    dead = Task("orphan-running", "scripted", "processing", old, old, input={}, attempts=1,
+                owner="gone:1", lease_until=old + 60)  # fmt: skip
+    await store.create(dead)
+    # A fresh pending job is not an orphan: its message is simply still queued.
+    fresh = time.time()
+    await store.create(Task("young-pending", "scripted", "pending", fresh, fresh, input={}))
+
+    consumer = app[keys.CONSUMER]
+    assert consumer is not None
+    assert await consumer.reconcile_once() == 2
+    assert await consumer.reconcile_once() == 0, "a re-queued job is not re-queued again at once"
+    for job_id in ("orphan-pending", "orphan-running"):
+        assert (await wait_for(client, job_id))["status"] == "completed"
+    assert (await store.get("young-pending")).status == "pending"
