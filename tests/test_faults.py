@@ -159,3 +159,54 @@ async def test_s3_down_while_staging_inputs_refuses_the_submit_and_writes_nothin
     assert (await resp.json())["error"]["code"] == "storage_unavailable"
     scan = await aws.dynamodb.scan(TableName=settings.store.table)
     assert scan["Items"] == []
+
+
+async def test_dynamodb_throttling_is_absorbed_by_retries(
+    make_settings: Any, start_app: Any, moto_endpoint: str
+) -> None:
+    from fakes.faultproxy import THROTTLED, FaultProxy
+
+    async with FaultProxy(moto_endpoint) as proxy:
+        settings = make_settings(aws={"endpoint_url": proxy.url})
+        _, client = await start_app(settings, registry())
+        # Two throttled answers in a row on the writes of the dispatch path:
+        # within botocore's standard retry budget (3 attempts).
+        proxy.fail("PutItem", 2, THROTTLED)
+        proxy.fail("UpdateItem", 2, THROTTLED)
+        job_id = await submit(client, "scripted", {})
+        job = await wait_for(client, job_id)
+        assert job["status"] == "completed"
+        assert job["attempts"] == 1
+        assert proxy.failed == {"PutItem": 2, "UpdateItem": 2}
+        await client.close()  # drain while the proxy still stands
+
+
+async def test_a_failed_delete_after_completion_is_settled_by_the_redelivery(
+    make_settings: Any, start_app: Any, moto_endpoint: str
+) -> None:
+    from fakes.faultproxy import INTERNAL, FaultProxy
+
+    async with FaultProxy(moto_endpoint) as proxy:
+        settings = make_settings(
+            aws={"endpoint_url": proxy.url}, queues={"visibility_timeout_s": 5}
+        )
+        app, client = await start_app(settings, registry())
+        # More failures than botocore retries: the delete really fails.
+        proxy.fail("DeleteMessage", 3, INTERNAL)
+        job_id = await submit(client, "scripted", {})
+        assert (await wait_for(client, job_id))["status"] == "completed"
+
+        async def redelivered_and_deleted() -> bool:
+            return proxy.seen["DeleteMessage"] >= 4
+
+        await eventually(redelivered_and_deleted, timeout=20)
+        handler = app[keys.HANDLERS]["scripted"]
+        assert isinstance(handler, ScriptedHandler)
+        assert handler.runs == [(job_id, 1)], "the redelivered message did not run it again"
+        attrs = await app[keys.AWS].sqs.get_queue_attributes(
+            QueueUrl=app[keys.QUEUE].url("cpu"),
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )
+        assert attrs["Attributes"]["ApproximateNumberOfMessages"] == "0"
+        assert attrs["Attributes"]["ApproximateNumberOfMessagesNotVisible"] == "0"
+        await client.close()
