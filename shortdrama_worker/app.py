@@ -58,6 +58,7 @@ def create_app(
     app[keys.REGISTRY] = (
         registry if registry is not None else HandlerRegistry.discover(settings.handlers.allow)
     )
+    app[keys.METRICS].declare_kinds(list(app[keys.REGISTRY].by_kind))
     app.cleanup_ctx.extend([_aws_endpoint, _clients, _services, _handlers, _consumer])
     api.add_routes(app)
     return app

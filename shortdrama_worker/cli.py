@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import faulthandler
 import json
 import mimetypes
 import signal
@@ -128,6 +129,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     configure_logging(settings.log)
+    # A watchdog kill (SIGABRT) then leaves the stuck loop's stack in the journal.
+    faulthandler.enable()
     return asyncio.run(_serve(settings))
 
 

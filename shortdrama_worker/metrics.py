@@ -171,3 +171,16 @@ class Metrics:
             buckets=REQUEST_BUCKETS,
             registry=r,
         )
+
+    def declare_kinds(self, kinds: list[str]) -> None:
+        """Create every kind × outcome series at zero.
+
+        A counter that appears only at its first increment makes ``rate()``
+        and ``increase()`` miss that first job after each restart.
+        """
+        for kind in kinds:
+            self.jobs_submitted.labels(kind)
+            self.retries.labels(kind)
+            self.in_flight.labels(kind)
+            for outcome in OUTCOMES:
+                self.jobs_finished.labels(kind, outcome)

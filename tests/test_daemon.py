@@ -55,10 +55,11 @@ class Daemon:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
+        self._out = log.open("wb")
         self.proc = subprocess.Popen(
             [*CLI, "serve"],
             env={**env, "SHORTDRAMA_API__PORT": str(self.port)},
-            stdout=log.open("wb"),
+            stdout=self._out,
             stderr=subprocess.STDOUT,
             cwd=REPO,
         )
@@ -80,7 +81,15 @@ class Daemon:
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=30)
+        code = self.proc.wait(timeout=30)
+        self._out.close()
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._out.close()
 
 
 @pytest.fixture
@@ -88,9 +97,7 @@ def daemons(tmp_path: Path) -> Iterator[list[Daemon]]:
     started: list[Daemon] = []
     yield started
     for daemon in started:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
-            daemon.proc.wait()
+        daemon.kill()
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -135,7 +142,8 @@ async def test_submit_wait_output_and_sigterm_mid_job_loses_nothing(
         str(REPO / "examples" / "face.png"), "--wait", "--output", str(out), env=daemon_env,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert Image.open(out).size == (512, 512)
+    with Image.open(out) as masked:
+        assert masked.size == (512, 512)
 
     async with aiohttp.ClientSession() as http:
         payload = {"text": "slow", "delay_s": 6}
@@ -196,8 +204,7 @@ async def start_slow_job_then_kill(
                 if (await resp.json())["status"] == "processing":
                     break
             await asyncio.sleep(0.1)
-    first.proc.kill()  # SIGKILL: no drain, no hand-back
-    first.proc.wait()
+    first.kill()  # SIGKILL: no drain, no hand-back
     return job_id
 
 
