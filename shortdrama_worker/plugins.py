@@ -8,7 +8,7 @@ what loads.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 
@@ -58,7 +58,7 @@ class HandlerRegistry:
             self.by_kind[spec.kind] = spec
             self.by_slug[spec.slug] = spec
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[HandlerSpec]:
         return iter(self.by_kind.values())
 
     def __len__(self) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from shortdrama_worker.aws import AwsClients, error_code
-from shortdrama_worker.settings import RESOURCES, Settings
+from shortdrama_worker.settings import RESOURCES, Resource, Settings
 
 
 async def provision(clients: AwsClients, settings: Settings) -> list[str]:
@@ -25,9 +25,9 @@ async def provision(clients: AwsClients, settings: Settings) -> list[str]:
     return report
 
 
-async def _queue_pair(sqs: Any, settings: Settings, resource: str) -> list[str]:
-    queue_name = settings.queue_name(resource)  # type: ignore[arg-type]
-    dlq_name = settings.dlq_name(resource)  # type: ignore[arg-type]
+async def _queue_pair(sqs: Any, settings: Settings, resource: Resource) -> list[str]:
+    queue_name = settings.queue_name(resource)
+    dlq_name = settings.dlq_name(resource)
     dlq = await sqs.create_queue(
         QueueName=dlq_name, Attributes={"MessageRetentionPeriod": str(14 * 86400)}
     )
