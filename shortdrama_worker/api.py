@@ -161,6 +161,7 @@ async def submit(request: web.Request) -> web.Response:
         callback_url=callback_url,
     )
     store = app[keys.STORE]
+    replayed = False
     try:
         await store.create(task)
     except StaleTransition as stale:
@@ -173,7 +174,13 @@ async def submit(request: web.Request) -> web.Response:
                 "idempotency_key_reused",
                 "Idempotency-Key was already used with a different request body",
             )
-        return _accepted(request, existing, status=200)
+        replayed = idem_key is not None
+        if existing.status != "pending":
+            return _accepted(request, existing, replayed=replayed)
+        # Still pending, so its message may never have been sent: the first
+        # request's send failed, or this is the client retrying our own
+        # PutItem whose answer was lost. A second message is harmless.
+        task = existing
     except StoreError as exc:
         return error_response(503, "store_unavailable", f"task store unreachable: {exc}")
 
@@ -186,9 +193,10 @@ async def submit(request: web.Request) -> web.Response:
         except StoreError:
             log.error("orphan_pending_task", job_id=task_id)
         return error_response(503, "queue_unavailable", f"job queue unreachable: {exc}")
-    app[keys.METRICS].jobs_submitted.labels(spec.kind).inc()
-    log.info("job_submitted", job_id=task_id, kind=spec.kind)
-    return _accepted(request, task, status=202)
+    if not replayed:
+        app[keys.METRICS].jobs_submitted.labels(spec.kind).inc()
+        log.info("job_submitted", job_id=task_id, kind=spec.kind)
+    return _accepted(request, task, replayed=replayed)
 
 
 def _callback_problem(url: Any, settings: Any) -> str | None:
@@ -206,7 +214,7 @@ def _callback_problem(url: Any, settings: Any) -> str | None:
     return None
 
 
-def _accepted(request: web.Request, task: Task, *, status: int) -> web.Response:
+def _accepted(request: web.Request, task: Task, *, replayed: bool) -> web.Response:
     base = _base_url(request)
     view = {
         "job_id": task.task_id,
@@ -216,7 +224,11 @@ def _accepted(request: web.Request, task: Task, *, status: int) -> web.Response:
         "created_at": task.created_at,
         "status_url": f"{base}/api/v1/jobs/{task.task_id}",
     }
-    return web.json_response(view, status=status, headers={"Location": str(view["status_url"])})
+    headers = {"Location": str(view["status_url"])}
+    if replayed:
+        # The same answer as the first time; the header says it is a replay.
+        headers["Idempotent-Replayed"] = "true"
+    return web.json_response(view, status=202, headers=headers)
 
 
 async def _stage_data_uris(

@@ -157,13 +157,22 @@ async def _serve(settings: Any) -> int:
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     try:
         await runner.setup()
-    except PluginError as exc:
-        raise CliError(str(exc)) from None
+        site = web.TCPSite(runner, settings.api.host, settings.api.port)
+        await site.start()
     except Exception as exc:
+        # Whatever opened (clients, the embedded endpoint, a consumer that
+        # already claimed jobs) is closed and handed back before exiting.
         log.error("startup_failed", error=str(exc))
+        consumer = app.get(keys.CONSUMER)
+        if consumer is not None:
+            await consumer.stop()
+        await runner.cleanup()
+        if isinstance(exc, PluginError):
+            raise CliError(str(exc)) from None
+        if isinstance(exc, OSError):
+            where = f"{settings.api.host}:{settings.api.port}"
+            raise CliError(f"cannot listen on {where}: {exc}", EXIT_UNREACHABLE) from None
         raise CliError(f"start-up failed: {exc}", EXIT_UNREACHABLE) from None
-    site = web.TCPSite(runner, settings.api.host, settings.api.port)
-    await site.start()
     # With port 0 the OS picks one; the runner knows which.
     port = runner.addresses[0][1] if runner.addresses else settings.api.port
     api_url = settings.api.public_url or f"http://{settings.api.host}:{port}"

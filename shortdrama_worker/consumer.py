@@ -49,8 +49,11 @@ class Consumer:
 
     @property
     def alive(self) -> bool:
-        """Every loop still runs: a crashed poll loop takes no more work."""
-        return self.running and all(not t.done() for t in self._loops)
+        """Healthy for the watchdog: draining on purpose, or every poll loop running."""
+        if self.draining:
+            return True
+        polls = [t for t in self._loops if t.get_name().startswith("poll-")]
+        return self.running and all(not t.done() for t in polls)
 
     def resource_ready(self, resource: Resource) -> bool:
         """Whether some handler for ``resource`` can take work now."""
@@ -111,7 +114,8 @@ class Consumer:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), _NOT_READY_RECHECK_S)
                 continue
-            await slots.acquire()
+            if not await self._acquire_or_stop(slots):
+                break
             wanted = 1
             while wanted < min(capacity, 10) and not slots.locked():
                 await slots.acquire()
@@ -159,11 +163,11 @@ class Consumer:
         """
         store = self.runner.store
         before = time.time() - self.settings.consumer.stale_after_s
+        # Only kinds served here: another instance serves (and re-queues) the rest.
+        kinds = sorted(self.runner.handlers)
         requeued = 0
         for status in ("pending", "processing"):
-            for task in await store.orphans(status, before):
-                if task.job_type not in self.runner.registry.by_kind:
-                    continue  # another instance serves it, and will re-queue it
+            for task in await store.orphans(status, before, kinds):
                 try:
                     await store.claim_orphan(task.task_id, before)
                 except StaleTransition:
@@ -181,6 +185,33 @@ class Consumer:
                 await self.reconcile_once()
             except (StoreError, QueueError) as exc:
                 log.warning("reconcile_failed", error=str(exc))
+            except Exception:
+                # A background loop must not die on one bad record: the
+                # watchdog would take the whole process down with it.
+                log.exception("reconcile_crashed")
+
+    async def _acquire_or_stop(self, slots: asyncio.Semaphore) -> bool:
+        """Wait for a free slot, unless stopping comes first (then ``False``).
+
+        With every slot busy (the normal state of a GPU box) a plain acquire
+        would hold the drain until some job ended, past the grace period.
+        """
+        if self._stopping.is_set():
+            return False
+        acquire = asyncio.ensure_future(slots.acquire())
+        stop = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if acquire.done() and not acquire.cancelled():
+            if self._stopping.is_set():
+                slots.release()
+                return False
+            return True
+        acquire.cancel()
+        results = await asyncio.gather(acquire, return_exceptions=True)
+        if results[0] is True:  # it won the slot while being cancelled
+            slots.release()
+        return False
 
     async def _watch_depth(self) -> None:
         """Export queue and DLQ depth from SQS attributes for dashboards and alerts."""

@@ -94,7 +94,9 @@ class RunContext:
     async def store_result(
         self, data: bytes, *, content_type: str, name: str, primary: bool = True
     ) -> StoredResult:
-        key = self._results.result_key(self.kind, self.job_id, self._task.created_at, name)
+        key = self._results.result_key(
+            self.kind, self.job_id, self._task.created_at, self.attempt, name
+        )
         started = time.monotonic()
         try:
             await self._results.put(key, data, content_type)

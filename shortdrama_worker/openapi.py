@@ -29,7 +29,10 @@ _ACCEPTED = {
         "job_id": {"type": "string"},
         "task_id": {"type": "string"},
         "kind": {"type": "string"},
-        "status": {"type": "string", "enum": ["pending"]},
+        "status": {
+            "type": "string",
+            "enum": ["pending", "processing", "completed", "failed", "cancelled"],
+        },
         "created_at": {"type": "number"},
         "status_url": {"type": "string"},
     },
@@ -121,13 +124,8 @@ def build_openapi(registry: HandlerRegistry) -> dict[str, Any]:
             },
             "responses": {
                 "202": {
-                    "description": "Accepted",
-                    "content": {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}
-                    },
-                },
-                "200": {
-                    "description": "Same Idempotency-Key and body: the existing job",
+                    "description": "Accepted. With an Idempotency-Key already used for the "
+                    "same body: that job, as it is now, and the header Idempotent-Replayed.",
                     "content": {
                         "application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}
                     },

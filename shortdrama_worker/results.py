@@ -1,9 +1,11 @@
 """Result files in S3 and the URLs clients fetch them by.
 
-Key layout: ``{prefix}/{kind}/{YYYY}/{MM}/{DD}/{task_id}/{name}``, dated by
-the job's creation, so a lifecycle rule can expire old days and an operator
-can find a job's files from its id and date. Staged inputs (``data:`` URIs
-sent to the API) go to ``{input_prefix}/{task_id}/{field}``.
+Key layout: ``{prefix}/{kind}/{YYYY}/{MM}/{DD}/{task_id}/{attempt}/{name}``,
+dated by the job's creation, so a lifecycle rule can expire old days and an
+operator can find a job's files from its id and date. The attempt keeps a run
+that lost its lease from overwriting the file of the run that completed.
+Staged inputs (``data:`` URIs sent to the API) go to
+``{input_prefix}/{task_id}/{field}``.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ class ResultStore:
         self.settings = settings
         self.bucket = settings.bucket
 
-    def result_key(self, kind: str, task_id: str, created_at: float, name: str) -> str:
+    def result_key(
+        self, kind: str, task_id: str, created_at: float, attempt: int, name: str
+    ) -> str:
         day = time.strftime("%Y/%m/%d", time.gmtime(created_at))
-        return f"{self.settings.prefix}/{kind}/{day}/{task_id}/{name}"
+        return f"{self.settings.prefix}/{kind}/{day}/{task_id}/{attempt}/{name}"
 
     def input_key(self, task_id: str, field: str) -> str:
         return f"{self.settings.input_prefix}/{task_id}/{field}"

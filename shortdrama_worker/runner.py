@@ -14,6 +14,8 @@ The order of writes is what makes a job end exactly once:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ from pydantic import ValidationError
 
 from shortdrama_worker.context import GpuSlots, RunContext
 from shortdrama_worker.errors import JobError, PermanentJobError, TransientJobError
-from shortdrama_worker.handlers.base import Handler
+from shortdrama_worker.handlers.base import Handler, StoredResult
 from shortdrama_worker.inputs import InputFetcher
 from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.plugins import HandlerRegistry
@@ -147,9 +149,22 @@ class JobRunner:
                 task_id, kind, self.owner, self.lease_s, self.settings.consumer.max_attempts
             )
         except StaleTransition as stale:
-            await self._refused(stale.task, message, kind)
-            return
+            if not self._our_own_claim(stale.task):
+                await self._refused(stale.task, message, kind)
+                return
+            # Our claim landed but its answer was lost and the client's retry
+            # found our own lease: the job is ours.
+            assert stale.task is not None
+            task = stale.task
         await self._run(task, message, handler)
+
+    def _our_own_claim(self, task: Task | None) -> bool:
+        return (
+            task is not None
+            and task.owner == self.owner
+            and task.lease_live(time.time())
+            and task.task_id not in self.running
+        )
 
     async def _refused(self, task: Task | None, message: JobMessage, kind: str) -> None:
         """The claim was refused; the record as it stands says why."""
@@ -161,6 +176,8 @@ class JobRunner:
         elif task.job_type != kind:
             reason = f"message kind {kind!r} != task kind {task.job_type!r}"
             await self._dead_letter(message, reason)
+        elif task.cancel_requested and not task.terminal and not task.lease_live(time.time()):
+            await self._settle_cancel(task, message)
         elif await self._settled(task, message):
             pass
         elif task.attempts >= self.settings.consumer.max_attempts:
@@ -186,6 +203,17 @@ class JobRunner:
             await self.queue.set_visibility(message, remaining + 1)
             return True
         return False
+
+    async def _settle_cancel(self, task: Task, message: JobMessage) -> None:
+        """A cancel asked for while the job was between runs: finish it as cancelled."""
+        try:
+            cancelled = await self.store.settle_cancel(task.task_id)
+        except StaleTransition:
+            await self.queue.set_visibility(message, 5)  # it moved on; look again
+            return
+        self.webhooks.schedule(cancelled)
+        await self._delete_quietly(message)
+        self._finished(task.job_type, "cancelled", 0.0, task.attempts, None)
 
     async def _give_up(self, task: Task, message: JobMessage) -> None:
         last = task.error_message or "worker lost mid-run"
@@ -229,22 +257,33 @@ class JobRunner:
         started = time.monotonic()
         try:
             job.run = asyncio.create_task(self._invoke(handler, spec.cls.timeout_s, task, ctx))
+            result: dict[str, Any] | None = None
+            error: JobError | None = None
+            cancelled = False
             try:
                 result = await job.run
             except asyncio.CancelledError:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
                     raise
-                outcome = await self._after_cancel(task, message, job.reason or "shutdown")
+                cancelled = True
             except JobError as exc:
-                outcome = await self._after_error(task, message, exc)
+                error = exc
             except Exception as exc:
                 log.exception("handler_crashed")
-                wrapped = TransientJobError(
+                error = TransientJobError(
                     f"handler crashed: {type(exc).__name__}: {exc}", code="handler_crashed"
                 )
-                outcome = await self._after_error(task, message, wrapped)
+            # Stop the heartbeat before the outcome's own visibility change, so a
+            # late heartbeat cannot undo a hand-back (0 s) or a backoff.
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+            if cancelled:
+                outcome = await self._after_cancel(task, message, job.reason or "shutdown")
+            elif error is not None:
+                outcome = await self._after_error(task, message, error)
             else:
+                assert result is not None
                 outcome = await asyncio.shield(self._after_success(task, message, ctx, result))
         finally:
             heartbeat.cancel()
@@ -262,14 +301,16 @@ class JobRunner:
         except ValidationError as exc:
             raise PermanentJobError(f"input no longer valid: {exc}", code="invalid_input") from None
         cap = self._kind_caps.get(task.job_type)
-        try:
-            async with asyncio.timeout(timeout_s):
-                if cap is None:
+        # Waiting for the per-kind cap is not the handler's time: it stays
+        # outside the timeout, or queued jobs would fail without running.
+        async with cap if cap is not None else contextlib.nullcontext():
+            try:
+                async with asyncio.timeout(timeout_s):
                     return await handler.run(params, ctx)
-                async with cap:
-                    return await handler.run(params, ctx)
-        except TimeoutError:
-            raise PermanentJobError(f"timed out after {timeout_s:g} s", code="timeout") from None
+            except TimeoutError:
+                raise PermanentJobError(
+                    f"timed out after {timeout_s:g} s", code="timeout"
+                ) from None
 
     async def _after_success(
         self, task: Task, message: JobMessage, ctx: RunContext, result: dict[str, Any]
@@ -286,10 +327,15 @@ class JobRunner:
                 result_key=primary.key if primary else None,
             )
         except StaleTransition as stale:
-            # We lost the lease (a stall outlived it) and another worker owns
-            # the job now: its outcome counts, ours is discarded.
-            log.warning("result_discarded_lost_lease", now_owner=stale.task and stale.task.owner)
-            return Outcome("lost", task.attempts)
+            done_before = stale.task
+            if done_before is None or not _is_our_completion(done_before, primary, result):
+                # We lost the lease (a stall outlived it) and another worker
+                # owns the job now: its outcome counts, ours is discarded.
+                owner = done_before.owner if done_before else None
+                log.warning("result_discarded_lost_lease", now_owner=owner)
+                return Outcome("lost", task.attempts)
+            # Our write landed but its answer was lost; the retry saw it done.
+            done = done_before
         self.webhooks.schedule(done)
         await self._delete_quietly(message)
         return Outcome("completed", task.attempts)
@@ -299,11 +345,15 @@ class JobRunner:
         if isinstance(exc, TransientJobError) and attempts < self.settings.consumer.max_attempts:
             delay = self.backoff_s(attempts, exc.retry_after)
             try:
-                await self.store.retry_later(
+                back = await self.store.retry_later(
                     task.task_id, self.owner, code=exc.code, message=exc.message
                 )
             except StaleTransition:
                 return Outcome("lost", attempts, exc.message)
+            if back.cancel_requested:
+                # Cancelled while this run was failing: no retry for it.
+                await self._settle_cancel(back, message)
+                return Outcome("lost", attempts, exc.message)  # counted by _settle_cancel
             self.metrics.retries.labels(task.job_type).inc()
             await self.queue.set_visibility(message, delay)
             log.info("job_retry_scheduled", delay_s=round(delay, 1), error=exc.message)
@@ -335,7 +385,10 @@ class JobRunner:
             return Outcome("lost", task.attempts)
         # Shutdown: hand the job back so another instance picks it up at once.
         try:
-            await asyncio.shield(self.store.release(task.task_id, self.owner))
+            back = await asyncio.shield(self.store.release(task.task_id, self.owner))
+            if back.cancel_requested:
+                await asyncio.shield(self._settle_cancel(back, message))
+                return Outcome("lost", task.attempts)  # counted by _settle_cancel
             await asyncio.shield(self.queue.set_visibility(message, 0))
         except (StaleTransition, StoreError, QueueError) as exc:
             log.warning("release_failed", error=str(exc))
@@ -348,9 +401,18 @@ class JobRunner:
         last_renewal = time.monotonic()
         while True:
             await asyncio.sleep(poll)
-            try:
-                if time.monotonic() - last_renewal >= interval:
+            renewing = time.monotonic() - last_renewal >= interval
+            if renewing:
+                # The lease is what keeps other claimants off (a redelivered
+                # copy is deferred while it lives), so it is renewed even
+                # when SQS refuses to extend the message.
+                try:
                     await self.queue.set_visibility(message, self.lease_s)
+                except QueueError as exc:
+                    self.metrics.sqs_errors.labels("visibility").inc()
+                    log.warning("visibility_not_extended", error=str(exc))
+            try:
+                if renewing:
                     task = await self.store.renew(job.task_id, self.owner, self.lease_s)
                     last_renewal = time.monotonic()
                     self.metrics.heartbeats.labels(message.resource).inc()
@@ -363,9 +425,8 @@ class JobRunner:
                 log.warning("lease_lost")
                 job.cancel("lost")
                 return
-            except (StoreError, QueueError) as exc:
-                self.metrics.sqs_errors.labels("visibility").inc()
-                log.warning("heartbeat_failed", error=str(exc))
+            except StoreError as exc:
+                log.warning("lease_not_renewed", error=str(exc))
                 continue
             if task.cancel_requested:
                 log.info("cancel_requested")
@@ -396,3 +457,12 @@ class JobRunner:
             attempt=attempt,
             error=error,
         )
+
+
+def _is_our_completion(task: Task, primary: StoredResult | None, result: dict[str, Any]) -> bool:
+    """Whether a completed record is the one this run wrote (result keys are per attempt)."""
+    if task.status != "completed":
+        return False
+    if primary is not None:
+        return task.result_key == primary.key
+    return bool(task.result == json.loads(json.dumps(result)))

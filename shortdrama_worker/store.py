@@ -182,9 +182,9 @@ class TaskStore:
             add={"attempts": 1},
             remove=("error_code",),
             condition=(
-                "#kind = :kind AND (attribute_not_exists(#attempts) OR #attempts < :max) AND ("
-                "(#status = :pending AND (attribute_not_exists(#cancel) OR #cancel = :false))"
-                " OR (#status = :processing AND #lease < :now))"
+                "#kind = :kind AND (attribute_not_exists(#attempts) OR #attempts < :max)"
+                " AND (attribute_not_exists(#cancel) OR #cancel = :false)"
+                " AND (#status = :pending OR (#status = :processing AND #lease < :now))"
             ),
             values={
                 ":kind": kind,
@@ -303,18 +303,38 @@ class TaskStore:
             values={":completed": "completed", ":failed": "failed", ":cancelled": "cancelled"},
         )
 
-    async def orphans(self, status: str, before: float, limit: int = 100) -> list[Task]:
-        """Oldest jobs in ``status`` created before ``before`` (GSI, eventually consistent)."""
-        reply = await self._call(
-            self._db.query,
-            TableName=self.table,
-            IndexName=self.status_index,
-            KeyConditionExpression="#s = :s AND created_at < :before",
-            ExpressionAttributeNames={"#s": "status"},
-            ExpressionAttributeValues={":s": {"S": status}, ":before": _to_attr(before)},
-            Limit=limit,
-        )
-        return [_unmarshal(item) for item in reply.get("Items", [])]
+    async def orphans(
+        self, status: str, before: float, kinds: list[str], *, max_pages: int = 20
+    ) -> list[Task]:
+        """Oldest jobs of ``kinds`` in ``status`` created before ``before``.
+
+        Read from the status index (eventually consistent), page by page, so
+        a backlog of other kinds cannot hide ours.
+        """
+        if not kinds:
+            return []
+        placeholders = {f":k{i}": {"S": kind} for i, kind in enumerate(kinds[:100])}
+        query: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": self.status_index,
+            "KeyConditionExpression": "#s = :s AND created_at < :before",
+            "FilterExpression": f"#k IN ({', '.join(placeholders)})",
+            "ExpressionAttributeNames": {"#s": "status", "#k": "job_type"},
+            "ExpressionAttributeValues": {
+                ":s": {"S": status},
+                ":before": _to_attr(before),
+                **placeholders,
+            },
+            "Limit": 100,
+        }
+        found: list[Task] = []
+        for _ in range(max_pages):
+            reply = await self._call(self._db.query, **query)
+            found += [_unmarshal(item) for item in reply.get("Items", [])]
+            if "LastEvaluatedKey" not in reply:
+                break
+            query["ExclusiveStartKey"] = reply["LastEvaluatedKey"]
+        return found
 
     async def claim_orphan(self, task_id: str, before: float) -> Task:
         """Mark a job as re-queued, if it is still an orphan; only one instance wins."""
@@ -333,27 +353,54 @@ class TaskStore:
 
         Raises ``StaleTransition`` carrying the record if it is already finished.
         """
+        # The job may move between pending and processing while we ask (a
+        # claim, a retry, a hand-back); each try settles on what it finds.
+        for _ in range(5):
+            now = time.time()
+            try:
+                return await self._update(
+                    task_id,
+                    set_={
+                        "status": "cancelled",
+                        "cancel_requested": True,
+                        "updated_at": now,
+                        "finished_at": now,
+                    },
+                    condition="#status = :pending",
+                    values={":pending": "pending"},
+                    remove=("owner", "lease_until"),
+                )
+            except StaleTransition as stale:
+                if stale.task is None or stale.task.status != "processing":
+                    raise
+            try:
+                return await self._update(
+                    task_id,
+                    set_={"cancel_requested": True, "updated_at": now},
+                    condition="#status = :processing",
+                    values={":processing": "processing"},
+                )
+            except StaleTransition as stale:
+                if stale.task is None or stale.task.status != "pending":
+                    raise
+        raise StoreError(f"job {task_id} kept changing state; cancel again")
+
+    async def settle_cancel(self, task_id: str) -> Task:
+        """A job flagged for cancel that nobody runs (pending, or its lease ran out) → cancelled.
+
+        A run that ends in a retry or a hand-back between the cancel request
+        and the heartbeat that would have seen it leaves such a record.
+        """
         now = time.time()
-        try:
-            return await self._update(
-                task_id,
-                set_={
-                    "status": "cancelled",
-                    "cancel_requested": True,
-                    "updated_at": now,
-                    "finished_at": now,
-                },
-                condition="#status = :pending",
-                values={":pending": "pending"},
-            )
-        except StaleTransition as stale:
-            if stale.task is None or stale.task.status != "processing":
-                raise
         return await self._update(
             task_id,
-            set_={"cancel_requested": True, "updated_at": now},
-            condition="#status = :processing",
-            values={":processing": "processing"},
+            set_={"status": "cancelled", "updated_at": now, "finished_at": now},
+            condition=(
+                "#cancel = :true AND (#status = :pending"
+                " OR (#status = :processing AND #lease < :now))"
+            ),
+            values={":true": True, ":pending": "pending", ":processing": "processing", ":now": now},
+            remove=("owner", "lease_until"),
         )
 
     async def _owned(

@@ -78,7 +78,9 @@ async def test_idempotency_key_returns_the_same_job(api: Any) -> None:
     headers = {"Idempotency-Key": "frame-0042"}
     first = await api.post("/api/v1/scripted/jobs", json={}, headers=headers)
     second = await api.post("/api/v1/scripted/jobs", json={}, headers=headers)
-    assert first.status == 202 and second.status == 200
+    assert first.status == second.status == 202
+    assert "Idempotent-Replayed" not in first.headers
+    assert second.headers["Idempotent-Replayed"] == "true"
     assert (await first.json())["job_id"] == (await second.json())["job_id"]
     other = await api.post("/api/v1/scripted/jobs", json={"sleep_s": 1}, headers=headers)
     assert other.status == 422

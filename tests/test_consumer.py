@@ -352,3 +352,51 @@ async def test_a_job_whose_message_was_lost_is_requeued_and_completes(
     for job_id in ("orphan-pending", "orphan-running"):
         assert (await wait_for(client, job_id))["status"] == "completed"
     assert (await store.get("young-pending")).status == "pending"
+
+
+async def test_shutdown_with_every_slot_busy_keeps_to_the_grace_period(
+    make_settings: Any, start_app: Any
+) -> None:
+    settings = make_settings(
+        consumer={"shutdown_grace_s": 0.5, "max_in_flight": {"gpu": 1, "cpu": 1}}
+    )
+    app, client = await start_app(settings, registry())
+    job_id = await submit(client, "scripted", {"sleep_s": 30})
+    await wait_for(client, job_id, ("processing",))
+    consumer = app[keys.CONSUMER]
+    assert consumer is not None
+    # The only slot is busy; stopping must not wait for the 30 s job.
+    await asyncio.wait_for(consumer.stop(), timeout=10)
+    job = await (await client.get(f"/api/v1/jobs/{job_id}")).json()
+    assert job["status"] == "pending", "handed back within the grace period"
+
+
+async def test_a_cancel_that_arrives_as_the_run_fails_is_not_retried(
+    make_settings: Any, start_app: Any
+) -> None:
+    # The worker's heartbeat looks for cancels only every few seconds; the
+    # run fails (transiently) before it would have noticed.
+    settings = make_settings(consumer={"cancel_poll_s": 30})
+    worker, _ = await start_app(settings, registry())
+    api_only = settings.model_copy(
+        update={"consumer": settings.consumer.model_copy(update={"enabled": False})}
+    )
+    _, client = await start_app(api_only, registry())
+    job_id = await submit(client, "scripted", {"fail_times": 5, "sleep_s": 1.0})
+    await wait_for(client, job_id, ("processing",))
+    assert (await client.delete(f"/api/v1/jobs/{job_id}")).status == 202
+    job = await wait_for(client, job_id, timeout=10)
+    assert job["status"] == "cancelled"
+    assert len(scripted(worker).runs) == 1, "not run again after the cancel"
+
+
+async def test_waiting_for_a_kind_cap_does_not_count_against_the_timeout(
+    make_settings: Any, start_app: Any
+) -> None:
+    settings = make_settings(consumer={"kind_concurrency": {"slow": 1}})
+    _, client = await start_app(settings, registry())
+    # SlowHandler allows 1 s per run; the second job waits 0.7 s for the cap first.
+    first = await submit(client, "slow", {"sleep_s": 0.7})
+    second = await submit(client, "slow", {"sleep_s": 0.7})
+    assert (await wait_for(client, first))["status"] == "completed"
+    assert (await wait_for(client, second))["status"] == "completed"

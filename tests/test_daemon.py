@@ -246,3 +246,14 @@ async def test_kill_9_on_the_last_attempt_fails_instead_of_hanging(
     job = await poll_until_done(f"{second.url}/api/v1/jobs/{job_id}", timeout=30)
     assert job["status"] == "failed"
     assert job["error_message"] == "gave up after 1 attempts; last error: worker lost mid-run"
+
+
+def test_a_port_in_use_stops_start_up_with_a_clear_message(daemon_env: dict[str, str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("serve", env={**daemon_env, "SHORTDRAMA_API__PORT": str(port),
+                                       "SHORTDRAMA_LOCAL__PROVISION": "true"})  # fmt: skip
+    assert result.returncode == 3
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr

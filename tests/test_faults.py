@@ -210,3 +210,20 @@ async def test_a_failed_delete_after_completion_is_settled_by_the_redelivery(
         assert attrs["Attributes"]["ApproximateNumberOfMessages"] == "0"
         assert attrs["Attributes"]["ApproximateNumberOfMessagesNotVisible"] == "0"
         await client.close()
+
+
+async def test_a_submit_whose_putitem_answer_was_lost_is_still_queued(
+    make_settings: Any, start_app: Any, moto_endpoint: str
+) -> None:
+    from fakes.faultproxy import INTERNAL, FaultProxy
+
+    async with FaultProxy(moto_endpoint) as proxy:
+        _, client = await start_app(make_settings(aws={"endpoint_url": proxy.url}), registry())
+        # The record lands, the answer is lost; the client's retry finds it already there.
+        proxy.fail("PutItem", 1, INTERNAL, after=True)
+        resp = await client.post("/api/v1/scripted/jobs", json={})
+        assert resp.status == 202
+        job = await wait_for(client, (await resp.json())["job_id"], timeout=15)
+        assert job["status"] == "completed", "the job was queued, not left pending"
+        assert proxy.seen["PutItem"] == 2
+        await client.close()

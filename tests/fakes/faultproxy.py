@@ -33,6 +33,7 @@ class Rule:
     target: str  # the operation, e.g. "UpdateItem" or "DeleteMessage"
     times: int  # how many matching requests fail before the proxy lets them through
     reply: tuple[int, dict[str, Any]]
+    after: bool = False  # forward first, then answer with the failure: a lost answer
 
 
 class FaultProxy:
@@ -47,8 +48,11 @@ class FaultProxy:
         self._runner: web.AppRunner | None = None
         self._http: aiohttp.ClientSession | None = None
 
-    def fail(self, target: str, times: int, reply: tuple[int, dict[str, Any]]) -> None:
-        self.rules.append(Rule(target, times, reply))
+    def fail(
+        self, target: str, times: int, reply: tuple[int, dict[str, Any]], *, after: bool = False
+    ) -> None:
+        """Fail ``times`` calls of ``target``; with ``after`` the call lands first."""
+        self.rules.append(Rule(target, times, reply, after))
 
     async def __aenter__(self) -> FaultProxy:
         self._http = aiohttp.ClientSession(auto_decompress=False)
@@ -76,10 +80,15 @@ class FaultProxy:
             if rule.target == operation and rule.times > 0:
                 rule.times -= 1
                 self.failed[operation] += 1
+                if rule.after:
+                    await self._upstream(request)
                 status, body = rule.reply
                 return web.json_response(
                     body, status=status, content_type="application/x-amz-json-1.0"
                 )
+        return await self._upstream(request)
+
+    async def _upstream(self, request: web.Request) -> web.Response:
         assert self._http is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         async with self._http.request(
