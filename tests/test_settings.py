@@ -81,3 +81,15 @@ def test_secrets_never_show_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("name", ["local.toml", "worker.example.toml"])
 def test_shipped_config_files_load(name: str) -> None:
     load_settings(REPO / "config" / name)
+
+
+def test_every_handler_section_of_the_example_is_valid_for_its_handler() -> None:
+    from shortdrama_worker.plugins import HandlerRegistry
+
+    settings = load_settings(REPO / "config" / "worker.example.toml")
+    registry = HandlerRegistry.discover()
+    assert set(settings.handlers.options) >= {"face_mask", "face_swap", "comfy_camera_angle"}
+    for kind, section in settings.handlers.options.items():
+        model = registry.by_kind[kind].cls.settings_model
+        assert model is not None, kind
+        model.model_validate(section)  # raises, naming the key, if the example drifts
