@@ -87,19 +87,19 @@ class Consumer:
         for task in self._loops:
             if task not in loops:
                 task.cancel()
-        # A long poll in progress finishes (≤ wait_time_s) rather than being
-        # dropped: a dropped ReceiveMessage leaves its messages invisible.
-        await asyncio.gather(*self._loops, return_exceptions=True)
-        if self._jobs:
-            log.info("draining", in_flight=len(self._jobs))
-            _, pending = await asyncio.wait(
-                self._jobs, timeout=self.settings.consumer.shutdown_grace_s
-            )
+        # The grace period runs while a long poll in progress finishes
+        # (≤ wait_time_s) rather than being dropped: a dropped ReceiveMessage
+        # leaves its messages invisible. What it brings is handed straight back.
+        jobs = set(self._jobs)
+        if jobs:
+            log.info("draining", in_flight=len(jobs))
+            _, pending = await asyncio.wait(jobs, timeout=self.settings.consumer.shutdown_grace_s)
             if pending:
                 log.warning("grace_period_over", returning=len(pending))
                 for job in list(self.runner.running.values()):
                     job.cancel("shutdown")
                 await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.gather(*self._loops, return_exceptions=True)
         self.running = False
         log.info("consumer_stopped")
 
