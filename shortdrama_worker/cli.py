@@ -186,8 +186,14 @@ async def _serve(settings: Any) -> int:
         print(f"shortdrama-worker {__version__} serving on {api_url}", flush=True)
         if settings.local.embedded_aws:
             print(f"  embedded AWS endpoint: {app[keys.ENDPOINT_URL]}", flush=True)
+            # The command as it was started, so the hint works without PATH changes.
+            me = (
+                sys.argv[0]
+                if not sys.argv[0].endswith("__main__.py")
+                else "python -m shortdrama_worker"
+            )
             print(
-                f"  try: shortdrama-worker submit face-mask --api {api_url} "
+                f"  try: {me} submit face-mask --api {api_url} "
                 "--image examples/face.png --wait --output /tmp/masked.png",
                 flush=True,
             )
