@@ -6,7 +6,10 @@ The input is ``examples/face.png`` (512²) upscaled with Lanczos and stored as
 PNG, as a client would send a frame. Each stage calls the same functions the
 handler does, one after the other on one thread: ``decode_image``
 (``inputs.py``), ``LocalFaceDetector.detect_sync`` (with its default settings,
-the handler's too), ``draw_face_mask``, ``encode_png``. Fetching and S3 are not included.
+the handler's too), ``draw_face_mask``, ``encode_png`` (``png.py``). Fetching and
+S3 are not included. Beside the encode stage it times, as the baseline, the
+encoder it replaced (Pillow's PNG writer at level 1 with zlib's RLE strategy)
+on the same image, and prints both file sizes.
 
 ``--peak-rss SIDE`` (used by ``bench/memory.py``) runs one job in this fresh
 process and prints its resident memory before and at the peak, as JSON.
@@ -21,6 +24,7 @@ import resource
 import statistics
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +34,9 @@ from PIL import Image
 
 from shortdrama_worker.faces.local import LocalFaceDetector
 from shortdrama_worker.faces.mask import draw_face_mask
-from shortdrama_worker.handlers.face_mask import (
-    encode_png,
-    select_face,
-)
+from shortdrama_worker.handlers.face_mask import select_face
 from shortdrama_worker.inputs import decode_image
+from shortdrama_worker.png import encode_png
 from shortdrama_worker.settings import InputSettings
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "face.png"
@@ -56,8 +58,15 @@ def detector() -> LocalFaceDetector:
     return local
 
 
+def pillow_png(image: Image.Image) -> bytes:
+    """The encoder ``png.encode_png`` replaced: Pillow, level 1, zlib's RLE strategy."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1, compress_type=zlib.Z_RLE)
+    return buffer.getvalue()
+
+
 def one_job(data: bytes, local: LocalFaceDetector) -> dict[str, float]:
-    """One face_mask's own image work, timed by stage (seconds)."""
+    """One face_mask's own image work, timed by stage (seconds), and the baseline encode."""
     marks = [time.perf_counter()]
     image = decode_image(data, "image_url", InputSettings().max_pixels)
     marks.append(time.perf_counter())
@@ -65,10 +74,15 @@ def one_job(data: bytes, local: LocalFaceDetector) -> dict[str, float]:
     marks.append(time.perf_counter())
     masked = draw_face_mask(image, face)
     marks.append(time.perf_counter())
-    encode_png(masked)
+    png = encode_png(masked)
     marks.append(time.perf_counter())
     stages = {name: b - a for name, a, b in zip(STAGES, marks, marks[1:], strict=False)}
     stages["total"] = marks[-1] - marks[0]
+    started = time.perf_counter()
+    baseline = pillow_png(masked)
+    stages["pillow_encode"] = time.perf_counter() - started
+    stages["png_bytes"] = len(png)
+    stages["pillow_png_bytes"] = len(baseline)
     return stages
 
 
@@ -87,6 +101,9 @@ def run(sides: list[int], rounds: int) -> dict[str, Any]:
                 for stage in STAGES
             },
             "total_p90_ms": 1000 * sorted(s["total"] for s in samples)[int(0.9 * rounds)],
+            "pillow_encode_p50_ms": 1000 * statistics.median(s["pillow_encode"] for s in samples),
+            "png_bytes": samples[0]["png_bytes"],
+            "pillow_png_bytes": samples[0]["pillow_png_bytes"],
         }
     return out
 
@@ -126,6 +143,18 @@ def format_table(result: dict[str, Any]) -> str:
             f"{side + '²':<10}"
             + "".join(f"{row[s + '_p50_ms']:>10.1f} ms" for s in STAGES)
             + f"{row['total_p90_ms']:>9.1f} ms"
+        )
+    lines.append("")
+    lines.append(
+        f"{'input':<10}{'encode ours':>14}{'Pillow (before)':>17}{'ratio':>8}"
+        f"{'PNG ours':>12}{'Pillow':>12}"
+    )
+    for side, row in result.items():
+        lines.append(
+            f"{side + '²':<10}{row['encode_p50_ms']:>11.1f} ms"
+            f"{row['pillow_encode_p50_ms']:>14.1f} ms"
+            f"{row['pillow_encode_p50_ms'] / row['encode_p50_ms']:>7.1f}x"
+            f"{row['png_bytes'] / 1e6:>9.2f} MB{row['pillow_png_bytes'] / 1e6:>9.2f} MB"
         )
     p50 = result.get("1024", {}).get("total_p50_ms")
     if p50 is not None:

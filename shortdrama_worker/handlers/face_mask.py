@@ -7,12 +7,9 @@ Faces are numbered left to right by the centre of their box
 from __future__ import annotations
 
 import asyncio
-import io
 import time
-import zlib
 from typing import Any
 
-from PIL import Image
 from pydantic import Field
 
 from shortdrama_worker.errors import PermanentJobError
@@ -21,6 +18,7 @@ from shortdrama_worker.faces.choice import DetectorName, Detectors, DetectorSett
 from shortdrama_worker.faces.mask import draw_face_mask
 from shortdrama_worker.handlers.base import Handler, HandlerEnv, HandlerInput, Health, JobContext
 from shortdrama_worker.handlers.fields import ImageRef
+from shortdrama_worker.png import encode_png
 
 
 class FaceMaskInput(HandlerInput):
@@ -50,16 +48,6 @@ def select_face(faces: list[FaceBox], index: int) -> FaceBox:
             code="face_index_out_of_range",
         )
     return faces[index]
-
-
-def encode_png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    # Encoding is the largest cost of a mask job. Level 1 with zlib's RLE
-    # strategy: the default level costs ~4× the CPU for ~10 % smaller files,
-    # and RLE is both ~10 % faster and ~13 % smaller than level 1 alone
-    # (bench/face_mask.py, 1024² frame). Still lossless.
-    image.save(buffer, format="PNG", compress_level=1, compress_type=zlib.Z_RLE)
-    return buffer.getvalue()
 
 
 class FaceMaskHandler(Handler):
