@@ -1,10 +1,15 @@
 """The in-process SQS consumer: long polling, capacity-bound, graceful to stop.
 
-It asks SQS only for as many messages as it has free slots, so no message
-waits in a local buffer while its visibility runs out. Stopping happens in
+It holds at most ``max_in_flight`` running jobs plus ``prefetch`` received
+messages waiting for a slot per queue. With no prefetch (the GPU default) SQS
+is asked only for free slots, so no message waits here while an idle machine
+elsewhere could run it. With some (the CPU default), it asks again only once
+half the room is free, or the waiting messages have all started: ten messages
+per ReceiveMessage instead of one each time a slot frees. Stopping happens in
 two phases: stop receiving (an in-flight long poll is allowed to finish and
-its messages are handed straight back), let running jobs finish within the
-grace period, then cancel the rest, which hands them back to the queue.
+its messages are handed straight back, as are messages still waiting for a
+slot), let running jobs finish within the grace period, then cancel the rest,
+which hands them back to the queue.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import time
 
 import structlog
 
-from shortdrama_worker.queue import JobQueue, QueueError
+from shortdrama_worker.queue import JobMessage, JobQueue, QueueError
 from shortdrama_worker.runner import JobRunner
 from shortdrama_worker.settings import Resource, Settings
 from shortdrama_worker.store import StaleTransition, StoreError
@@ -25,6 +30,33 @@ log = structlog.get_logger("shortdrama_worker.consumer")
 _MAX_POLL_BACKOFF_S = 30.0
 _DEPTH_POLL_S = 15.0
 _NOT_READY_RECHECK_S = 2.0
+
+
+class _Holding:
+    """Messages one poll loop holds: ``held`` in all, ``waiting`` of them for a slot."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.waiting = 0
+        # Refill when half the room is free: receives of several messages,
+        # not one per finished job.
+        self.refill = max(1, min(10, limit) // 2)
+        self.changed = asyncio.Event()
+
+    @property
+    def room(self) -> int:
+        return self.limit - self.held
+
+    def want(self) -> int:
+        """How many to ask SQS for now; 0 means wait."""
+        if self.room >= self.refill or (self.room > 0 and self.waiting == 0):
+            return min(10, self.room)
+        return 0
+
+    def release(self, n: int = 1) -> None:
+        self.held -= n
+        self.changed.set()
 
 
 class Consumer:
@@ -105,7 +137,9 @@ class Consumer:
 
     async def _poll(self, resource: Resource) -> None:
         capacity = self.settings.consumer.max_in_flight[resource]
-        slots = asyncio.Semaphore(capacity)
+        prefetch = self.settings.consumer.prefetch.get(resource, 0)
+        holding = _Holding(capacity + prefetch)
+        run_slots = asyncio.Semaphore(capacity)
         failures = 0
         while not self._stopping.is_set():
             if not self.resource_ready(resource):
@@ -114,12 +148,10 @@ class Consumer:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), _NOT_READY_RECHECK_S)
                 continue
-            if not await self._acquire_or_stop(slots):
+            wanted = await self._room_or_stop(holding)
+            if not wanted:
                 break
-            wanted = 1
-            while wanted < min(capacity, 10) and not slots.locked():
-                await slots.acquire()
-                wanted += 1
+            holding.held += wanted
             try:
                 messages = await self.queue.receive(
                     resource, wanted, self.settings.queues.wait_time_s
@@ -127,8 +159,7 @@ class Consumer:
                 failures = 0
                 self.last_poll_ok = True
             except QueueError as exc:
-                for _ in range(wanted):
-                    slots.release()
+                holding.release(wanted)
                 failures += 1
                 self.last_poll_ok = False
                 self.runner.metrics.sqs_errors.labels("receive").inc()
@@ -137,20 +168,52 @@ class Consumer:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
                 continue
-            for _ in range(wanted - len(messages)):
-                slots.release()
+            holding.release(wanted - len(messages))
             if messages:
                 self.runner.metrics.messages_received.labels(resource).inc(len(messages))
             for message in messages:
                 if self._stopping.is_set():
-                    slots.release()
+                    holding.release()
                     with contextlib.suppress(QueueError):
                         await self.queue.set_visibility(message, 0)
                     continue
-                job = asyncio.create_task(self.runner.handle(message))
+                holding.waiting += 1
+                job = asyncio.create_task(self._run_when_free(message, run_slots, holding))
                 self._jobs.add(job)
                 job.add_done_callback(self._jobs.discard)
-                job.add_done_callback(lambda _t: slots.release())
+                job.add_done_callback(lambda _t: holding.release())
+
+    async def _room_or_stop(self, holding: _Holding) -> int:
+        """Wait until ``holding`` wants more messages (how many), or stopping (0)."""
+        while not self._stopping.is_set():
+            wanted = holding.want()
+            if wanted:
+                return wanted
+            holding.changed.clear()
+            changed = asyncio.ensure_future(holding.changed.wait())
+            stop = asyncio.ensure_future(self._stopping.wait())
+            await asyncio.wait({changed, stop}, return_when=asyncio.FIRST_COMPLETED)
+            changed.cancel()
+            stop.cancel()
+        return 0
+
+    async def _run_when_free(
+        self, message: JobMessage, run_slots: asyncio.Semaphore, holding: _Holding
+    ) -> None:
+        """Run ``message`` once a slot frees; hand it back untouched if stopping comes first."""
+        try:
+            started = await self._acquire_or_stop(run_slots)
+        finally:
+            holding.waiting -= 1
+            holding.changed.set()
+        if not started:
+            with contextlib.suppress(QueueError):
+                await self.queue.set_visibility(message, 0)
+            return
+        try:
+            await self.runner.handle(message)
+        finally:
+            run_slots.release()
 
     async def reconcile_once(self) -> int:
         """Re-queue jobs whose message was lost; returns how many.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,69 @@ def encode(task_id: str, kind: str) -> str:
     return json.dumps({"v": MESSAGE_VERSION, "task_id": task_id, "kind": kind})
 
 
+class _DeleteBatcher:
+    """Deletes on one queue, coalesced into ``DeleteMessageBatch`` while a call is out.
+
+    A delete goes out at once (a plain ``DeleteMessage`` when it is alone):
+    no added latency when the worker is quiet. Deletes asked for while a
+    call is in flight wait for it and then go together, up to ten to a call.
+    Under load that turns a delete per job into about one per batch.
+    """
+
+    _MAX_BATCH = 10  # SQS's limit per batch call
+
+    def __init__(self, queue: JobQueue, url: str) -> None:
+        self._sqs = queue._sqs
+        self._call = queue._call
+        self._url = url
+        self._waiting: list[tuple[str, asyncio.Future[None]]] = []
+        self._sender: asyncio.Task[None] | None = None
+
+    async def delete(self, receipt_handle: str) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((receipt_handle, done))
+        if self._sender is None or self._sender.done():
+            # Its own task: a caller cancelled mid-wait (a job handed back at
+            # shutdown) must not strand the deletes queued behind it.
+            self._sender = asyncio.create_task(self._send_all(), name="sqs-delete-batch")
+        await done
+
+    async def _send_all(self) -> None:
+        while self._waiting:
+            batch = self._waiting[: self._MAX_BATCH]
+            del self._waiting[: self._MAX_BATCH]
+            try:
+                failures = await self._send(batch)
+            except QueueError as exc:
+                failures = {str(i): exc for i in range(len(batch))}
+            for i, (_, done) in enumerate(batch):
+                if done.done():  # its caller is gone
+                    continue
+                error = failures.get(str(i))
+                if error is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(error)
+
+    async def _send(self, batch: list[tuple[str, asyncio.Future[None]]]) -> dict[str, QueueError]:
+        """Send one call; the failed entries by index."""
+        if len(batch) == 1:
+            await self._call(
+                "delete", self._sqs.delete_message, QueueUrl=self._url, ReceiptHandle=batch[0][0]
+            )
+            return {}
+        entries = [{"Id": str(i), "ReceiptHandle": handle} for i, (handle, _) in enumerate(batch)]
+        reply = await self._call(
+            "delete", self._sqs.delete_message_batch, QueueUrl=self._url, Entries=entries
+        )
+        return {
+            failed["Id"]: QueueError(
+                f"SQS delete failed: {failed.get('Code')}: {failed.get('Message', '')}"
+            )
+            for failed in reply.get("Failed", [])
+        }
+
+
 class JobQueue:
     """The GPU and CPU queues and their DLQs, by resource class."""
 
@@ -61,6 +125,7 @@ class JobQueue:
         self._sqs = client
         self._settings = settings
         self._urls: dict[str, str] = {}
+        self._deletes: dict[str, _DeleteBatcher] = {}
 
     async def resolve(self) -> None:
         """Look up the queue URLs once; fails start-up if a queue is missing."""
@@ -108,12 +173,11 @@ class JobQueue:
         return messages
 
     async def delete(self, message: JobMessage) -> None:
-        await self._call(
-            "delete",
-            self._sqs.delete_message,
-            QueueUrl=self.url(message.resource),
-            ReceiptHandle=message.receipt_handle,
-        )
+        url = self.url(message.resource)
+        batcher = self._deletes.get(url)
+        if batcher is None:
+            batcher = self._deletes[url] = _DeleteBatcher(self, url)
+        await batcher.delete(message.receipt_handle)
 
     async def set_visibility(self, message: JobMessage, seconds: float) -> None:
         await self._call(

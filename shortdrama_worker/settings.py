@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeInt,
     SecretStr,
     ValidationError,
     field_validator,
@@ -92,12 +93,24 @@ def _default_in_flight() -> dict[Resource, int]:
     return {"gpu": 2, "cpu": 4}
 
 
+def _default_prefetch() -> dict[Resource, int]:
+    # GPU jobs run for seconds to minutes: a message waiting here is one an
+    # idle GPU elsewhere could have taken. CPU jobs are short, and receiving
+    # them several at a time is what keeps SQS calls per job low.
+    return {"gpu": 0, "cpu": 4}
+
+
 class ConsumerSettings(Section):
     enabled: bool = True
     consume: list[Resource] = Field(default_factory=lambda: list(RESOURCES))
     max_in_flight: dict[Resource, int] = Field(
         default_factory=_default_in_flight,
-        description="Messages held at once per queue; SQS is asked only for free slots.",
+        description="Jobs run at once per queue.",
+    )
+    prefetch: dict[Resource, NonNegativeInt] = Field(
+        default_factory=_default_prefetch,
+        description="Messages received ahead of free slots, per queue, so that SQS is asked "
+        "for several at a time; they wait here, invisible to other instances.",
     )
     kind_concurrency: dict[str, int] = Field(
         default_factory=dict, description="Optional cap per kind, below max_in_flight."

@@ -48,6 +48,13 @@ S3_ACTIONS = {
     "PutPublicAccessBlock": "PutBucketPublicAccessBlock",
     "PutBucketEncryption": "PutEncryptionConfiguration",
 }
+# SQS batch calls are authorised by the single call's action
+# (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-api-permissions-reference.html).
+SQS_ACTIONS = {
+    "DeleteMessageBatch": "DeleteMessage",
+    "SendMessageBatch": "SendMessage",
+    "ChangeMessageVisibilityBatch": "ChangeMessageVisibility",
+}
 # Operation names that are also everyday attributes elsewhere (request.query).
 COMMON_WORDS = {"query"}
 
@@ -74,6 +81,8 @@ def _models() -> dict[str, Any]:
 def _action(service: str, operation: str) -> str:
     if service == "s3":
         operation = S3_ACTIONS.get(operation, operation)
+    if service == "sqs":
+        operation = SQS_ACTIONS.get(operation, operation)
     return f"{service}:{operation}"
 
 

@@ -1,0 +1,193 @@
+"""Fewer SQS calls per job under load, and nothing lost for it.
+
+Deletes asked for together go as one ``DeleteMessageBatch``; a consumer with
+``prefetch`` receives several messages per call. A fault proxy in front of
+moto counts the calls by operation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from support import GpuProbeHandler, ScriptedHandler, submit, wait_for
+
+from shortdrama_worker import keys
+from shortdrama_worker.plugins import HandlerRegistry
+from shortdrama_worker.queue import JobMessage, JobQueue, QueueError
+
+
+async def received(aws: Any, url: str, count: int) -> list[JobMessage]:
+    """``count`` messages sent to ``url`` and received back, as the consumer sees them."""
+    for n in range(count):
+        await aws.sqs.send_message(QueueUrl=url, MessageBody=f'{{"n": {n}}}')
+    messages: list[JobMessage] = []
+    while len(messages) < count:
+        reply = await aws.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
+        messages += [
+            JobMessage("cpu", m["MessageId"], m["ReceiptHandle"], m["Body"], None, 1)
+            for m in reply.get("Messages", [])
+        ]
+    return messages
+
+
+async def depth(aws: Any, url: str) -> tuple[int, int]:
+    attrs = (
+        await aws.sqs.get_queue_attributes(
+            QueueUrl=url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )
+    )["Attributes"]
+    return (
+        int(attrs["ApproximateNumberOfMessages"]),
+        int(attrs["ApproximateNumberOfMessagesNotVisible"]),
+    )
+
+
+@pytest.fixture
+async def proxied(make_settings: Any, start_app: Any, moto_endpoint: str) -> Any:
+    """An app (no consumer) whose AWS calls cross a counting proxy; yields (proxy, queue, aws)."""
+    from fakes.faultproxy import FaultProxy
+
+    async with FaultProxy(moto_endpoint) as proxy:
+        settings = make_settings(aws={"endpoint_url": proxy.url}, consumer={"enabled": False})
+        app, _ = await start_app(settings, HandlerRegistry.from_classes({}))
+        yield proxy, app[keys.QUEUE], app[keys.AWS]
+
+
+async def test_deletes_asked_for_together_go_as_one_batch_call(proxied: Any) -> None:
+    proxy, queue, aws = proxied
+    assert isinstance(queue, JobQueue)
+    messages = await received(aws, queue.url("cpu"), 7)
+    await asyncio.gather(*(queue.delete(m) for m in messages))
+    assert proxy.seen["DeleteMessageBatch"] == 1
+    assert proxy.seen["DeleteMessage"] == 0
+    assert await depth(aws, queue.url("cpu")) == (0, 0)
+
+
+async def test_a_delete_on_its_own_goes_out_at_once_as_a_plain_delete(proxied: Any) -> None:
+    proxy, queue, aws = proxied
+    [message] = await received(aws, queue.url("cpu"), 1)
+    await queue.delete(message)
+    assert proxy.seen["DeleteMessage"] == 1
+    assert proxy.seen["DeleteMessageBatch"] == 0
+    assert await depth(aws, queue.url("cpu")) == (0, 0)
+
+
+async def test_more_than_ten_deletes_are_split_into_calls_of_ten(proxied: Any) -> None:
+    proxy, queue, aws = proxied
+    messages = await received(aws, queue.url("cpu"), 23)
+    await asyncio.gather(*(queue.delete(m) for m in messages))
+    assert proxy.seen["DeleteMessageBatch"] == 3  # 10 + 10 + 3
+    assert await depth(aws, queue.url("cpu")) == (0, 0)
+
+
+async def test_one_bad_entry_fails_only_its_own_delete(proxied: Any) -> None:
+    _, queue, aws = proxied
+    messages = await received(aws, queue.url("cpu"), 3)
+    bogus = JobMessage("cpu", "m-x", "not-a-receipt-handle", "{}", None, 1)
+    outcomes = await asyncio.gather(
+        *(queue.delete(m) for m in [*messages, bogus]), return_exceptions=True
+    )
+    assert outcomes[:3] == [None, None, None]
+    assert isinstance(outcomes[3], QueueError)
+    assert "ReceiptHandleIsInvalid" in str(outcomes[3])
+    assert await depth(aws, queue.url("cpu")) == (0, 0)
+
+
+async def test_a_batch_call_that_fails_fails_every_delete_in_it(proxied: Any) -> None:
+    from fakes.faultproxy import INTERNAL
+
+    proxy, queue, aws = proxied
+    messages = await received(aws, queue.url("cpu"), 4)
+    proxy.fail("DeleteMessageBatch", 4, INTERNAL)  # the first try and botocore's 3 retries
+    outcomes = await asyncio.gather(*(queue.delete(m) for m in messages), return_exceptions=True)
+    assert all(isinstance(o, QueueError) for o in outcomes), outcomes
+    # Nothing was deleted: the messages come back after their visibility, and
+    # the conditional writes settle them (test_faults covers that path).
+    assert await depth(aws, queue.url("cpu")) == (0, 4)
+
+
+async def run_burst(
+    make_settings: Any, start_app: Any, moto_endpoint: str, prefetch: int
+) -> tuple[int, int]:
+    """16 GPU-probe jobs through 2 slots; (ReceiveMessage calls, most jobs at once)."""
+    from fakes.faultproxy import FaultProxy
+
+    async with FaultProxy(moto_endpoint) as proxy:
+        settings = make_settings(
+            aws={"endpoint_url": proxy.url},
+            consumer={
+                "consume": ["gpu"],
+                "max_in_flight": {"gpu": 2, "cpu": 1},
+                "prefetch": {"gpu": prefetch, "cpu": 0},
+            },
+            gpu={"slots": 2},
+        )
+        app, client = await start_app(
+            settings, HandlerRegistry.from_classes({"probe": GpuProbeHandler})
+        )
+        job_ids = [
+            await submit(client, "probe", {"prep_s": 0.02, "gpu_s": 0.08}) for _ in range(16)
+        ]
+        before = proxy.seen["ReceiveMessage"]
+        jobs = [await wait_for(client, job_id) for job_id in job_ids]
+        assert {j["status"] for j in jobs} == {"completed"}
+        probe = app[keys.HANDLERS]["probe"]
+        assert isinstance(probe, GpuProbeHandler)
+        await client.close()
+        return proxy.seen["ReceiveMessage"] - before, probe.max_concurrent_jobs
+
+
+async def test_prefetch_receives_a_burst_several_at_a_time_within_the_slots(
+    make_settings: Any, start_app: Any, moto_endpoint: str
+) -> None:
+    receives_alone, most_alone = await run_burst(make_settings, start_app, moto_endpoint, 0)
+    receives_ahead, most_ahead = await run_burst(make_settings, start_app, moto_endpoint, 6)
+    assert most_alone <= 2 and most_ahead <= 2, "prefetched messages wait for a slot"
+    assert receives_ahead < receives_alone
+    assert receives_ahead <= 8, f"{receives_ahead} receives for 16 jobs"
+
+
+async def test_messages_waiting_for_a_slot_are_handed_back_at_shutdown(
+    make_settings: Any, start_app: Any, aws: Any
+) -> None:
+    settings = make_settings(
+        consumer={"max_in_flight": {"cpu": 1, "gpu": 1}, "prefetch": {"cpu": 4, "gpu": 0}},
+    )
+    first, client = await start_app(
+        settings, HandlerRegistry.from_classes({"scripted": ScriptedHandler})
+    )
+    job_ids = [await submit(client, "scripted", {"sleep_s": 3}) for _ in range(5)]
+    url = first[keys.QUEUE].url("cpu")
+    for _ in range(100):  # one running, at least two received and waiting
+        if (await depth(aws, url))[1] >= 3:
+            break
+        await asyncio.sleep(0.1)
+    assert (await depth(aws, url))[1] >= 3
+    consumer = first[keys.CONSUMER]
+    assert consumer is not None
+    stopping = asyncio.create_task(consumer.stop())
+    await asyncio.sleep(0.3)
+    # Those that never started are back in the queue at once, not after their
+    # visibility timeout; the running one follows after the grace period.
+    assert await depth(aws, url) == (4, 1)
+    await stopping
+    for job_id in job_ids:
+        job = await (await client.get(f"/api/v1/jobs/{job_id}")).json()
+        assert job["status"] == "pending"
+        assert job["attempts"] == 0
+    first_handler = first[keys.HANDLERS]["scripted"]
+    assert isinstance(first_handler, ScriptedHandler)
+    assert len(first_handler.runs) == 1, "only one job ever started on the stopped instance"
+
+    # Same queues, table and bucket (names are per test), default slots.
+    second, _ = await start_app(
+        make_settings(), HandlerRegistry.from_classes({"scripted": ScriptedHandler})
+    )
+    jobs = [await wait_for(client, job_id, timeout=30) for job_id in job_ids]
+    assert {j["status"] for j in jobs} == {"completed"}
+    second_handler = second[keys.HANDLERS]["scripted"]
+    assert isinstance(second_handler, ScriptedHandler)
+    assert sorted(second_handler.finished) == sorted(job_ids)
