@@ -26,6 +26,7 @@ import contextlib
 import datetime
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -101,6 +102,19 @@ def celery_worker(endpoint: str, concurrency: int, pool_limit: int) -> Iterator[
             proc.wait()
 
 
+def endpoint_cpu_s() -> float:
+    """CPU seconds the moto server process has used so far (user + system)."""
+    import psutil
+
+    times = psutil.Process(dispatch.LAST_MOTO_PID).cpu_times()
+    return float(times.user + times.system)
+
+
+def with_endpoint_cpu(summary: dict[str, Any], cpu_s: float) -> dict[str, Any]:
+    """``summary`` plus the endpoint's CPU per job over the phase, in ms."""
+    return {**summary, "endpoint_cpu_ms_per_job": 1000 * cpu_s / summary["jobs"]}
+
+
 # (jobs, submitters, client poll period in seconds) for each phase; a poll
 # period of BURST means: submit all, completion times from the stored records.
 Phase = tuple[int, int, float]
@@ -125,11 +139,16 @@ def celery_phases(endpoint: str, phases: list[Phase], *, concurrency: int) -> li
         # The first job, alone, lets one backend create the results table;
         # several threads creating it at once fail with ResourceInUseException.
         one(-1000, 0.05)
-        return [
-            _celery_burst(task, jobs, subs) if poll_s == BURST else _celery_phase(one, *phase)
-            for phase in phases
-            for jobs, subs, poll_s in [phase]
-        ]
+        results = []
+        for jobs, subs, poll_s in phases:
+            before = endpoint_cpu_s()
+            summary = (
+                _celery_burst(task, jobs, subs)
+                if poll_s == BURST
+                else _celery_phase(one, jobs, subs, poll_s)
+            )
+            results.append(with_endpoint_cpu(summary, endpoint_cpu_s() - before))
+        return results
 
 
 def _celery_burst(task: Any, jobs: int, submitters: int) -> dict[str, Any]:
@@ -202,19 +221,150 @@ def our_phases(endpoint: str, phases: list[Phase], *, concurrency: int) -> list[
     with dispatch.worker_process(endpoint, in_flight=concurrency) as (url, _pid):
 
         async def run_all() -> list[dict[str, Any]]:
-            return [
-                await dispatch.run_burst(url, jobs, submitters=subs)
-                if poll_s == BURST
-                else await dispatch.run_concurrent(url, jobs, submitters=subs, poll_s=poll_s)
-                for jobs, subs, poll_s in phases
-            ]
+            results = []
+            for jobs, subs, poll_s in phases:
+                before = endpoint_cpu_s()
+                summary = (
+                    await dispatch.run_burst(url, jobs, submitters=subs)
+                    if poll_s == BURST
+                    else await dispatch.run_concurrent(url, jobs, submitters=subs, poll_s=poll_s)
+                )
+                results.append(with_endpoint_cpu(summary, endpoint_cpu_s() - before))
+            return results
 
         return asyncio.run(run_all())
+
+
+async def sqs_only_burst(endpoint: str, jobs: int, submitters: int) -> dict[str, Any]:
+    """The ceiling for any worker that routes each job through SQS on this endpoint.
+
+    The bare queue traffic of a burst and nothing else: ``submitters`` clients
+    send one message per job (as both systems do), one consumer receives ten
+    at a time and acknowledges them with one ``DeleteMessageBatch``. No task
+    record, no result, no status reads: a worker can only be slower than this.
+    """
+    from aiobotocore.session import get_session
+
+    session = get_session()
+    async with session.create_client(
+        "sqs",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+    ) as sqs:
+        name = f"ceiling-{uuid.uuid4().hex[:8]}"
+        url = (await sqs.create_queue(QueueName=name, Attributes={"VisibilityTimeout": "1800"}))[
+            "QueueUrl"
+        ]
+        pending = iter(range(jobs))
+        done = 0
+
+        async def submitter() -> None:
+            for n in pending:
+                await sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"n": n}))
+
+        async def consumer() -> None:
+            nonlocal done
+            while done < jobs:
+                reply = await sqs.receive_message(
+                    QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1
+                )
+                messages = reply.get("Messages", [])
+                if messages:
+                    await sqs.delete_message_batch(
+                        QueueUrl=url,
+                        Entries=[
+                            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                            for i, m in enumerate(messages)
+                        ],
+                    )
+                    done += len(messages)
+
+        started = time.perf_counter()
+        await asyncio.gather(consumer(), *(submitter() for _ in range(submitters)))
+        wall = time.perf_counter() - started
+    return {"jobs": jobs, "jobs_per_s": jobs / wall, "wall_s": wall}
+
+
+async def serial_floor(endpoint: str, rounds: int = 40) -> dict[str, float]:
+    """Median of each bare AWS call a job of ours waits on, one after another.
+
+    PutItem (record) → SendMessage → ReceiveMessage → UpdateItem (claim) →
+    UpdateItem (complete) → GetItem (the client's status read): what the
+    record-first, claim-first contract puts on the path of every job, with no
+    worker code around it. The sum is a floor under our unloaded p50.
+    """
+    from aiobotocore.session import get_session
+
+    session = get_session()
+    creds = {
+        "endpoint_url": endpoint,
+        "region_name": "us-east-1",
+        "aws_access_key_id": "local",
+        "aws_secret_access_key": "local",
+    }
+    timings: dict[str, list[float]] = {}
+
+    async def timed(name: str, call: Any) -> Any:
+        started = time.perf_counter()
+        reply = await call
+        timings.setdefault(name, []).append(time.perf_counter() - started)
+        return reply
+
+    async with (
+        session.create_client("sqs", **creds) as sqs,
+        session.create_client("dynamodb", **creds) as db,
+    ):
+        suffix = uuid.uuid4().hex[:8]
+        table = f"floor-{suffix}"
+        await db.create_table(
+            TableName=table,
+            KeySchema=[{"AttributeName": "task_id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "task_id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        url = (await sqs.create_queue(QueueName=f"floor-{suffix}"))["QueueUrl"]
+        update = {
+            "UpdateExpression": "SET #s = :s",
+            "ConditionExpression": "attribute_exists(task_id)",
+            "ExpressionAttributeNames": {"#s": "status"},
+        }
+        for i in range(rounds):
+            key = {"task_id": {"S": f"job-{i}"}}
+            item = {**key, "status": {"S": "pending"}}
+            await timed(
+                "PutItem",
+                db.put_item(
+                    TableName=table, Item=item, ConditionExpression="attribute_not_exists(task_id)"
+                ),
+            )
+            await timed("SendMessage", sqs.send_message(QueueUrl=url, MessageBody="{}"))
+            reply = await timed(
+                "ReceiveMessage", sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1)
+            )
+            for status in ("processing", "completed"):
+                values = {":s": {"S": status}}
+                await timed(
+                    f"UpdateItem {status}",
+                    db.update_item(
+                        TableName=table, Key=key, ExpressionAttributeValues=values, **update
+                    ),
+                )
+            await timed("GetItem", db.get_item(TableName=table, Key=key, ConsistentRead=True))
+            await sqs.delete_message(
+                QueueUrl=url, ReceiptHandle=reply["Messages"][0]["ReceiptHandle"]
+            )
+    medians = {name: 1000 * statistics.median(values) for name, values in timings.items()}
+    return {**medians, "total": sum(medians.values())}
 
 
 def compare(endpoint: str, phases: list[Phase], *, concurrency: int) -> dict[str, Any]:
     ours = our_phases(endpoint, phases, concurrency=concurrency)
     celery = celery_phases(endpoint, phases, concurrency=concurrency)
+    burst = max(phases, key=lambda p: p[1])
+    ceiling = asyncio.run(sqs_only_burst(endpoint, burst[0], burst[1]))
+    floor = asyncio.run(serial_floor(endpoint))
     rows = []
     for (jobs, submitters, poll_s), a, b in zip(phases, ours, celery, strict=True):
         rows.append(
@@ -228,7 +378,7 @@ def compare(endpoint: str, phases: list[Phase], *, concurrency: int) -> dict[str
                 "p50_ratio": a["p50_ms"] / b["p50_ms"],
             }
         )
-    return {"concurrency": concurrency, "phases": rows}
+    return {"concurrency": concurrency, "phases": rows, "sqs_only": ceiling, "floor": floor}
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -249,6 +399,7 @@ def format_table(result: dict[str, Any]) -> str:
             ("completed jobs/s", "jobs_per_s", ".1f"),
             ("submit→done p50 ms", "p50_ms", ".1f"),
             ("submit→done p99 ms", "p99_ms", ".1f"),
+            ("endpoint CPU/job ms", "endpoint_cpu_ms_per_job", ".1f"),
         ):
             lines.append(
                 f"{label:<36}{metric:<20}{ours[key]:>10{fmt}}{celery[key]:>12{fmt}}"
@@ -258,6 +409,21 @@ def format_table(result: dict[str, Any]) -> str:
     loaded = max(result["phases"], key=lambda r: r["submitters"])
     idle = min(result["phases"], key=lambda r: r["submitters"])
     hit = loaded["throughput_ratio"] >= 3 and idle["p50_ratio"] < 1
+    ceiling = result.get("sqs_only")
+    if ceiling:
+        bound = ceiling["jobs_per_s"] / loaded["celery"]["jobs_per_s"]
+        lines.append(
+            f"bare SQS traffic of the same burst (send; receive 10 + DeleteMessageBatch; "
+            f"nothing else): {ceiling['jobs_per_s']:.1f} jobs/s = {bound:.2f}x Celery, "
+            "the most any SQS-routed worker could reach on this endpoint"
+        )
+    floor = result.get("floor")
+    if floor:
+        lines.append(
+            f"bare AWS calls on our serial path (PutItem, SendMessage, ReceiveMessage, "
+            f"UpdateItem ×2, GetItem), no worker code: {floor['total']:.1f} ms, against "
+            f"Celery's unloaded p50 of {idle['celery']['p50_ms']:.1f} ms"
+        )
     lines.append(
         f"target ≥3x Celery's jobs/s with lower p50: {'met' if hit else 'NOT met'} "
         f"(jobs/s {loaded['throughput_ratio']:.2f}x under load; "
