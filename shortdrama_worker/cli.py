@@ -207,7 +207,10 @@ async def _serve(settings: Any) -> int:
         if consumer is None:
             return "API only (consumer disabled)"
         depths = ", ".join(f"{q} {n}" for q, n in sorted(consumer.depths.items()))
-        return f"in flight {consumer.in_flight}; {depths or 'queues not polled yet'}"
+        return (
+            f"in flight {consumer.in_flight}, prefetched {consumer.waiting}; "
+            f"{depths or 'queues not polled yet'}"
+        )
 
     notifier = SystemdNotifier.from_env()
     # READY only now: dependencies answered in runner.setup(), the consumer

@@ -78,6 +78,7 @@ class Consumer:
         self.draining = False
         self.last_poll_ok: bool | None = None
         self.depths: dict[str, int] = {}
+        self._holdings: list[_Holding] = []
 
     @property
     def alive(self) -> bool:
@@ -96,8 +97,14 @@ class Consumer:
         )
 
     @property
+    def waiting(self) -> int:
+        """Messages received ahead (prefetch), not started yet."""
+        return sum(holding.waiting for holding in self._holdings)
+
+    @property
     def in_flight(self) -> int:
-        return len(self._jobs)
+        """Jobs started and not finished."""
+        return len(self._jobs) - self.waiting
 
     def start(self) -> None:
         for resource in self.resources:
@@ -139,6 +146,7 @@ class Consumer:
         capacity = self.settings.consumer.max_in_flight[resource]
         prefetch = self.settings.consumer.prefetch.get(resource, 0)
         holding = _Holding(capacity + prefetch)
+        self._holdings.append(holding)
         run_slots = asyncio.Semaphore(capacity)
         failures = 0
         while not self._stopping.is_set():

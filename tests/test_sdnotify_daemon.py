@@ -85,7 +85,7 @@ def test_daemon_speaks_sd_notify_through_its_lifecycle(tmp_path: Path) -> None:
     messages = [m for _, m in received]
     kinds = [m.split("=")[0] for m in messages]
     assert kinds[0] == "READY"
-    assert messages[0].startswith("READY=1\nSTATUS=in flight 0; ")
+    assert messages[0].startswith("READY=1\nSTATUS=in flight 0, prefetched 0; ")
     stopping = kinds.index("STOPPING")
     assert messages[stopping] == "STOPPING=1\nSTATUS=draining 0 job(s), grace 2s"
     # Between READY and STOPPING: watchdog pings and STATUS updates only.
