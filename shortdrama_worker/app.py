@@ -118,6 +118,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[keys.QUEUE] = queue
     app[keys.RESULTS] = ResultStore(clients.s3, settings.results)
     yield
+    await queue.aclose()
 
 
 async def _handlers(app: web.Application) -> AsyncIterator[None]:

@@ -32,6 +32,12 @@ _DEPTH_POLL_S = 15.0
 _NOT_READY_RECHECK_S = 2.0
 
 
+def _cancelling() -> bool:
+    """Whether the current task is being cancelled (its CancelledError in flight)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class _Holding:
     """Messages one poll loop holds: ``held`` in all, ``waiting`` of them for a slot."""
 
@@ -208,9 +214,29 @@ class Consumer:
     async def _run_when_free(
         self, message: JobMessage, run_slots: asyncio.Semaphore, holding: _Holding
     ) -> None:
-        """Run ``message`` once a slot frees; hand it back untouched if stopping comes first."""
+        """Run ``message`` once a slot frees; hand it back untouched if stopping comes first.
+
+        A message waiting here stays invisible to other instances only for
+        the queue's visibility timeout, and no heartbeat covers it until its
+        job starts, so the wait renews the visibility every half timeout.
+        Handing it back instead would count another receive towards the
+        redrive policy's limit for a job that never ran.
+        """
+        visibility = self.settings.queues.visibility_timeout_s
+        # Renewed often enough that the job's first heartbeat, one interval
+        # after it starts, still finds the message hidden.
+        renew_every = min(visibility, visibility - self.settings.heartbeat_interval_s) / 2
         try:
-            started = await self._acquire_or_stop(run_slots)
+            while True:
+                started = await self._acquire_or_stop(run_slots, timeout=renew_every)
+                if started is not None:
+                    break
+                try:
+                    await self.queue.set_visibility(message, visibility)
+                except QueueError as exc:
+                    # It may reappear elsewhere; the conditional claim keeps
+                    # the job to one run whichever instance gets there first.
+                    log.warning("prefetched_visibility_not_renewed", error=str(exc))
         finally:
             holding.waiting -= 1
             holding.changed.set()
@@ -261,28 +287,36 @@ class Consumer:
                 # watchdog would take the whole process down with it.
                 log.exception("reconcile_crashed")
 
-    async def _acquire_or_stop(self, slots: asyncio.Semaphore) -> bool:
-        """Wait for a free slot, unless stopping comes first (then ``False``).
+    async def _acquire_or_stop(
+        self, slots: asyncio.Semaphore, *, timeout: float | None = None
+    ) -> bool | None:
+        """Wait for a free slot (``True``), unless stopping comes first (``False``).
 
-        With every slot busy (the normal state of a GPU box) a plain acquire
-        would hold the drain until some job ended, past the grace period.
+        ``None`` when ``timeout`` runs out first. With every slot busy (the
+        normal state of a GPU box) a plain acquire would hold the drain until
+        some job ended, past the grace period.
         """
         if self._stopping.is_set():
             return False
         acquire = asyncio.ensure_future(slots.acquire())
         stop = asyncio.ensure_future(self._stopping.wait())
-        await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if acquire.done() and not acquire.cancelled():
-            if self._stopping.is_set():
+        try:
+            await asyncio.wait(
+                {acquire, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stop.cancel()
+            if not acquire.done():
+                acquire.cancel()
+            # The acquire may have won the slot while being cancelled: settle
+            # it, and give the slot back if this wait is itself cancelled.
+            won = (await asyncio.gather(acquire, return_exceptions=True))[0] is True
+            if won and (self._stopping.is_set() or _cancelling()):
                 slots.release()
-                return False
+                won = False
+        if won:
             return True
-        acquire.cancel()
-        results = await asyncio.gather(acquire, return_exceptions=True)
-        if results[0] is True:  # it won the slot while being cancelled
-            slots.release()
-        return False
+        return False if self._stopping.is_set() else None
 
     async def _watch_depth(self) -> None:
         """Export queue and DLQ depth from SQS attributes for dashboards and alerts."""

@@ -83,24 +83,37 @@ class _DeleteBatcher:
         await done
 
     async def _send_all(self) -> None:
-        while self._waiting:
-            batch = self._waiting[: self._MAX_BATCH]
-            del self._waiting[: self._MAX_BATCH]
-            try:
-                failures = await self._send(batch)
-            except QueueError as exc:
-                failures = {str(i): exc for i in range(len(batch))}
-            for i, (_, done) in enumerate(batch):
-                if done.done():  # its caller is gone
-                    continue
-                error = failures.get(str(i))
-                if error is None:
-                    done.set_result(None)
-                else:
-                    done.set_exception(error)
+        batch: list[tuple[str, asyncio.Future[None]]] = []
+        try:
+            while self._waiting:
+                batch = self._waiting[: self._MAX_BATCH]
+                del self._waiting[: self._MAX_BATCH]
+                try:
+                    failures = await self._send(batch)
+                except Exception as exc:  # every caller hears of it, whatever it is
+                    failures = {str(i): str(exc) for i in range(len(batch))}
+                for i, (_, done) in enumerate(batch):
+                    error = failures.get(str(i))
+                    if done.done():  # its caller is gone
+                        continue
+                    if error is None:
+                        done.set_result(None)
+                    else:
+                        done.set_exception(QueueError(error))
+        finally:
+            # Cancelled (the app closing): no caller may wait forever.
+            for _, done in batch + self._waiting:
+                if not done.done():
+                    done.set_exception(QueueError("SQS delete abandoned: the queue is closing"))
+            self._waiting.clear()
 
-    async def _send(self, batch: list[tuple[str, asyncio.Future[None]]]) -> dict[str, QueueError]:
-        """Send one call; the failed entries by index."""
+    async def aclose(self) -> None:
+        """Let the deletes already asked for finish (the client is about to close)."""
+        if self._sender is not None:
+            await asyncio.gather(self._sender, return_exceptions=True)
+
+    async def _send(self, batch: list[tuple[str, asyncio.Future[None]]]) -> dict[str, str]:
+        """Send one call; what went wrong with each failed entry, by index."""
         if len(batch) == 1:
             await self._call(
                 "delete", self._sqs.delete_message, QueueUrl=self._url, ReceiptHandle=batch[0][0]
@@ -111,7 +124,7 @@ class _DeleteBatcher:
             "delete", self._sqs.delete_message_batch, QueueUrl=self._url, Entries=entries
         )
         return {
-            failed["Id"]: QueueError(
+            str(failed.get("Id")): (
                 f"SQS delete failed: {failed.get('Code')}: {failed.get('Message', '')}"
             )
             for failed in reply.get("Failed", [])
@@ -137,6 +150,11 @@ class JobQueue:
     def url(self, resource: Resource, *, dlq: bool = False) -> str:
         name = self._settings.dlq_name(resource) if dlq else self._settings.queue_name(resource)
         return self._urls[name]
+
+    async def aclose(self) -> None:
+        """Finish the deletes in flight; call before the SQS client closes."""
+        for batcher in self._deletes.values():
+            await batcher.aclose()
 
     async def send(self, resource: Resource, task_id: str, kind: str, *, delay_s: int = 0) -> None:
         await self._call(

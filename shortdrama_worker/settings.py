@@ -94,9 +94,11 @@ def _default_in_flight() -> dict[Resource, int]:
 
 
 def _default_prefetch() -> dict[Resource, int]:
-    # GPU jobs run for seconds to minutes: a message waiting here is one an
-    # idle GPU elsewhere could have taken. CPU jobs are short, and receiving
-    # them several at a time is what keeps SQS calls per job low.
+    # A prefetched message waits here, invisible, while an idle machine
+    # elsewhere could have run it. For GPU work (seconds to minutes a job, one
+    # job at a time) that is the wrong trade. CPU kinds run several at once,
+    # most of them briefly (face_mask ~0.1 s), and receiving them several at a
+    # time is what keeps SQS calls per job low under load.
     return {"gpu": 0, "cpu": 4}
 
 

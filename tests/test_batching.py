@@ -191,3 +191,32 @@ async def test_messages_waiting_for_a_slot_are_handed_back_at_shutdown(
     second_handler = second[keys.HANDLERS]["scripted"]
     assert isinstance(second_handler, ScriptedHandler)
     assert sorted(second_handler.finished) == sorted(job_ids)
+
+
+async def test_a_message_waiting_for_a_slot_stays_hidden_past_its_visibility_timeout(
+    make_settings: Any, start_app: Any, aws: Any
+) -> None:
+    settings = make_settings(
+        queues={"visibility_timeout_s": 5},
+        consumer={"max_in_flight": {"cpu": 1, "gpu": 1}, "prefetch": {"cpu": 1, "gpu": 0}},
+    )
+    app, client = await start_app(
+        settings, HandlerRegistry.from_classes({"scripted": ScriptedHandler})
+    )
+    first = await submit(client, "scripted", {"sleep_s": 8})
+    await wait_for(client, first, ("processing",))
+    second = await submit(client, "scripted", {})
+    url = app[keys.QUEUE].url("cpu")
+    # The second message is received at once and waits for the only slot,
+    # longer than its 5-s visibility timeout: it must not reappear meanwhile.
+    await asyncio.sleep(1.0)
+    seen = [await depth(aws, url)]
+    for _ in range(24):
+        await asyncio.sleep(0.25)
+        seen.append(await depth(aws, url))
+    assert all(state == (0, 2) for state in seen), seen
+    assert (await wait_for(client, first))["status"] == "completed"
+    assert (await wait_for(client, second))["status"] == "completed"
+    handler = app[keys.HANDLERS]["scripted"]
+    assert isinstance(handler, ScriptedHandler)
+    assert handler.runs == [(first, 1), (second, 1)]
