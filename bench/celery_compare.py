@@ -363,7 +363,12 @@ def compare(endpoint: str, phases: list[Phase], *, concurrency: int) -> dict[str
     ours = our_phases(endpoint, phases, concurrency=concurrency)
     celery = celery_phases(endpoint, phases, concurrency=concurrency)
     burst = max(phases, key=lambda p: p[1])
-    ceiling = asyncio.run(sqs_only_burst(endpoint, burst[0], burst[1]))
+    # An upper bound, so the best of three: one slow run on shared cores
+    # would understate it.
+    ceiling = max(
+        (asyncio.run(sqs_only_burst(endpoint, burst[0], burst[1])) for _ in range(3)),
+        key=lambda run: float(run["jobs_per_s"]),
+    )
     floor = asyncio.run(serial_floor(endpoint))
     rows = []
     for (jobs, submitters, poll_s), a, b in zip(phases, ours, celery, strict=True):
@@ -414,7 +419,7 @@ def format_table(result: dict[str, Any]) -> str:
         bound = ceiling["jobs_per_s"] / loaded["celery"]["jobs_per_s"]
         lines.append(
             f"bare SQS traffic of the same burst (send; receive 10 + DeleteMessageBatch; "
-            f"nothing else): {ceiling['jobs_per_s']:.1f} jobs/s = {bound:.2f}x Celery, "
+            f"nothing else; best of 3): {ceiling['jobs_per_s']:.1f} jobs/s = {bound:.2f}x Celery, "
             "the most any SQS-routed worker could reach on this endpoint"
         )
     floor = result.get("floor")
