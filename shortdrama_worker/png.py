@@ -5,7 +5,7 @@ PNG filters on every row and deflates with zlib, single-threaded, 80 ms for a
 1024² frame on our 2-core machine. Here every row but the first uses the
 ``Up`` filter (computed by Pillow in C as a modulo-256 difference with the
 image shifted one row down) and the stream is deflated by ISA-L at level 1:
-13 ms for the same frame, with a file about 15 % larger (``bench/face_mask.py``
+13 ms for the same frame, with a file about 18 % larger (``bench/face_mask.py``
 prints both). Lossless either way: decoders undo any filter exactly.
 
 Only the modes the mask drawing produces are written here: 8-bit ``RGB`` and
