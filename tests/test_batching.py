@@ -193,6 +193,12 @@ async def test_messages_waiting_for_a_slot_are_handed_back_at_shutdown(
     assert sorted(second_handler.finished) == sorted(job_ids)
 
 
+def handler_runs(app: Any) -> list[tuple[str, int]]:
+    handler = app[keys.HANDLERS]["scripted"]
+    assert isinstance(handler, ScriptedHandler)
+    return list(handler.runs)
+
+
 async def test_a_message_waiting_for_a_slot_stays_hidden_past_its_visibility_timeout(
     make_settings: Any, start_app: Any, aws: Any
 ) -> None:
@@ -203,20 +209,28 @@ async def test_a_message_waiting_for_a_slot_stays_hidden_past_its_visibility_tim
     app, client = await start_app(
         settings, HandlerRegistry.from_classes({"scripted": ScriptedHandler})
     )
-    first = await submit(client, "scripted", {"sleep_s": 8})
+    # The first job holds the only slot well past the window watched below,
+    # so a slow machine cannot end it while the second message is observed.
+    first = await submit(client, "scripted", {"sleep_s": 14})
     await wait_for(client, first, ("processing",))
     second = await submit(client, "scripted", {})
     url = app[keys.QUEUE].url("cpu")
     # The second message is received at once and waits for the only slot,
     # longer than its 5-s visibility timeout: it must not reappear meanwhile.
+    # The window is measured by the clock, not by a count of samples, so
+    # slow GetQueueAttributes calls cannot stretch it past the first job.
+    loop = asyncio.get_running_loop()
+    watch_until = loop.time() + 5 + 2.5
     await asyncio.sleep(1.0)
     seen = [await depth(aws, url)]
-    for _ in range(24):
+    while loop.time() < watch_until:
         await asyncio.sleep(0.25)
         seen.append(await depth(aws, url))
-    assert all(state == (0, 2) for state in seen), seen
-    assert (await wait_for(client, first))["status"] == "completed"
+    assert len(seen) >= 10, seen
+    # (visible, in flight): both messages stay in flight, none reappears.
+    unexpected = [state for state in seen if state != (0, 2)]
+    assert not unexpected, f"{unexpected} among {seen}"
+    assert handler_runs(app) == [(first, 1)], "the second job waited for the slot"
+    assert (await wait_for(client, first, timeout=30))["status"] == "completed"
     assert (await wait_for(client, second))["status"] == "completed"
-    handler = app[keys.HANDLERS]["scripted"]
-    assert isinstance(handler, ScriptedHandler)
-    assert handler.runs == [(first, 1), (second, 1)]
+    assert handler_runs(app) == [(first, 1), (second, 1)]
