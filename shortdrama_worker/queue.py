@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,7 +204,8 @@ class JobQueue:
             self._sqs.change_message_visibility,
             QueueUrl=self.url(message.resource),
             ReceiptHandle=message.receipt_handle,
-            VisibilityTimeout=max(0, min(43200, int(seconds))),
+            # Rounded up: a 0.8-s backoff must not become no delay at all.
+            VisibilityTimeout=max(0, min(43200, math.ceil(seconds))),
         )
 
     async def dead_letter(self, message: JobMessage, reason: str) -> None:

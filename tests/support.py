@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -117,6 +119,22 @@ async def wait_for(
             return job
         await asyncio.sleep(0.05)
     raise AssertionError(f"job {job_id} still {job.get('status')} after {timeout} s: {job}")
+
+
+async def eventually(
+    check: Callable[[], bool | Awaitable[bool]], timeout: float = 20.0, what: str = "condition"
+) -> None:
+    """Wait, by the clock, until ``check`` holds: never by a count of samples,
+    so a slower machine only makes the wait longer, not the test wrong."""
+    deadline = time.monotonic() + timeout
+    while True:
+        outcome = check()
+        if inspect.isawaitable(outcome):
+            outcome = await outcome
+        if outcome:
+            return
+        assert time.monotonic() < deadline, f"{what} not reached in {timeout} s"
+        await asyncio.sleep(0.05)
 
 
 async def submit(

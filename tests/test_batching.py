@@ -11,7 +11,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from support import GpuProbeHandler, ScriptedHandler, submit, wait_for
+from support import GpuProbeHandler, ScriptedHandler, eventually, submit, wait_for
 
 from shortdrama_worker import keys
 from shortdrama_worker.plugins import HandlerRegistry
@@ -43,6 +43,14 @@ async def depth(aws: Any, url: str) -> tuple[int, int]:
         int(attrs["ApproximateNumberOfMessages"]),
         int(attrs["ApproximateNumberOfMessagesNotVisible"]),
     )
+
+
+async def in_flight_at_least(aws: Any, url: str, count: int) -> bool:
+    return (await depth(aws, url))[1] >= count
+
+
+async def depth_is(aws: Any, url: str, expected: tuple[int, int]) -> bool:
+    return await depth(aws, url) == expected
 
 
 @pytest.fixture
@@ -125,13 +133,18 @@ async def run_burst(
             },
             gpu={"slots": 2},
         )
-        app, client = await start_app(
-            settings, HandlerRegistry.from_classes({"probe": GpuProbeHandler})
+        registry = HandlerRegistry.from_classes({"probe": GpuProbeHandler})
+        # The burst is queued whole before any consumer starts, so the count
+        # does not depend on how fast the submits go.
+        api_only = settings.model_copy(
+            update={"consumer": settings.consumer.model_copy(update={"enabled": False})}
         )
+        _, client = await start_app(api_only, registry)
         job_ids = [
             await submit(client, "probe", {"prep_s": 0.02, "gpu_s": 0.08}) for _ in range(16)
         ]
         before = proxy.seen["ReceiveMessage"]
+        app, _ = await start_app(settings, registry)
         jobs = [await wait_for(client, job_id) for job_id in job_ids]
         assert {j["status"] for j in jobs} == {"completed"}
         probe = app[keys.HANDLERS]["probe"]
@@ -146,6 +159,7 @@ async def test_prefetch_receives_a_burst_several_at_a_time_within_the_slots(
     receives_alone, most_alone = await run_burst(make_settings, start_app, moto_endpoint, 0)
     receives_ahead, most_ahead = await run_burst(make_settings, start_app, moto_endpoint, 6)
     assert most_alone <= 2 and most_ahead <= 2, "prefetched messages wait for a slot"
+    print(f"receives: {receives_alone} alone, {receives_ahead} with prefetch")
     assert receives_ahead < receives_alone
     assert receives_ahead <= 8, f"{receives_ahead} receives for 16 jobs"
 
@@ -159,20 +173,21 @@ async def test_messages_waiting_for_a_slot_are_handed_back_at_shutdown(
     first, client = await start_app(
         settings, HandlerRegistry.from_classes({"scripted": ScriptedHandler})
     )
-    job_ids = [await submit(client, "scripted", {"sleep_s": 3}) for _ in range(5)]
+    # The running job outlasts the 2-s grace period however slowly the rest
+    # of the test goes; the four behind it are short.
+    running = await submit(client, "scripted", {"sleep_s": 6})
+    await wait_for(client, running, ("processing",))
+    job_ids = [running] + [await submit(client, "scripted", {"sleep_s": 0.1}) for _ in range(4)]
     url = first[keys.QUEUE].url("cpu")
-    for _ in range(100):  # one running, at least two received and waiting
-        if (await depth(aws, url))[1] >= 3:
-            break
-        await asyncio.sleep(0.1)
-    assert (await depth(aws, url))[1] >= 3
+    # One running, at least two received and waiting for the only slot.
+    await eventually(lambda: in_flight_at_least(aws, url, 3), what="prefetch")
     consumer = first[keys.CONSUMER]
     assert consumer is not None
     stopping = asyncio.create_task(consumer.stop())
-    await asyncio.sleep(0.3)
-    # Those that never started are back in the queue at once, not after their
-    # visibility timeout; the running one follows after the grace period.
-    assert await depth(aws, url) == (4, 1)
+    # Those that never started are back in the queue at once, well inside the
+    # grace period, not after their visibility timeout; the running one
+    # follows when the grace period ends.
+    await eventually(lambda: depth_is(aws, url, (4, 1)), timeout=1.5, what="hand-back")
     await stopping
     for job_id in job_ids:
         job = await (await client.get(f"/api/v1/jobs/{job_id}")).json()

@@ -296,7 +296,8 @@ async def test_cancel_while_pending_removes_it_from_the_queue(
 ) -> None:
     graph = await _camera_graph(client)
     other = await _camera_graph(client, seed=2)
-    comfy.scripts.extend([Script(exec_s=0.8), Script(exec_s=0.2)])
+    # The first runs long enough that ours is still queued when cancelled.
+    comfy.scripts.extend([Script(exec_s=3.0), Script(exec_s=0.2)])
     async with client.prompt_run(other) as first:
         await first.submit()
 

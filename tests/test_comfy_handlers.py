@@ -537,7 +537,9 @@ async def test_app_cancel_interrupts_the_running_prompt(
 
 
 class _QuickCameraAngle(CameraAngleHandler):
-    timeout_s = 1.5
+    # Long enough to fetch, upload and queue the prompt on a slow machine,
+    # far shorter than the 20-s execution it must cut off.
+    timeout_s = 4.0
 
 
 async def test_app_timeout_interrupts_the_prompt_and_fails_the_job(

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from support import GpuProbeHandler, ScriptedHandler, SlowHandler, submit, wait_for
+from support import GpuProbeHandler, ScriptedHandler, SlowHandler, eventually, submit, wait_for
 
 from shortdrama_worker import keys
 from shortdrama_worker.plugins import HandlerRegistry
@@ -88,16 +88,20 @@ async def test_redelivered_message_of_a_finished_job_is_not_rerun(
     await aws.sqs.send_message(
         QueueUrl=app[keys.QUEUE].url("cpu"), MessageBody=encode(job_id, "scripted")
     )
-    await asyncio.sleep(2.5)
+
+    async def queue_empty() -> bool:
+        attrs = await aws.sqs.get_queue_attributes(
+            QueueUrl=app[keys.QUEUE].url("cpu"),
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )
+        return bool(
+            attrs["Attributes"]
+            == {"ApproximateNumberOfMessages": "0", "ApproximateNumberOfMessagesNotVisible": "0"}
+        )
+
+    # The duplicate is received and deleted without a second run.
+    await eventually(queue_empty, what="the duplicate deleted")
     assert len(scripted(app).runs) == 1
-    attrs = await aws.sqs.get_queue_attributes(
-        QueueUrl=app[keys.QUEUE].url("cpu"),
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )
-    assert attrs["Attributes"] == {
-        "ApproximateNumberOfMessages": "0",
-        "ApproximateNumberOfMessagesNotVisible": "0",
-    }
 
 
 async def test_malformed_message_goes_to_the_dlq_and_the_consumer_goes_on(
@@ -310,8 +314,10 @@ async def test_shutdown_during_a_burst_ends_every_job_exactly_once(
 ) -> None:
     settings = make_settings(consumer={"shutdown_grace_s": 0.3})
     first, client = await start_app(settings, registry())
-    job_ids = [await submit(client, "scripted", {"sleep_s": 0.4}) for _ in range(20)]
-    await asyncio.sleep(1.0)  # some done, some running, most still queued
+    job_ids = [await submit(client, "scripted", {"sleep_s": 1.0}) for _ in range(20)]
+    # Stop once some are done: four run at a time, so most are still queued
+    # or running however long the submits took.
+    await eventually(lambda: bool(scripted(first).finished), what="a first finished job")
     consumer = first[keys.CONSUMER]
     assert consumer is not None
     await consumer.stop()

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from typing import Any
 
 from moto.server import ThreadedMotoServer
-from support import ScriptedHandler, submit, wait_for
+from support import ScriptedHandler, eventually, submit, wait_for
 
 from shortdrama_worker import keys
 from shortdrama_worker.plugins import HandlerRegistry
@@ -26,13 +25,6 @@ def free_port() -> int:
 
 async def health(client: Any) -> dict[str, Any]:
     return dict(await (await client.get("/health")).json())
-
-
-async def eventually(check: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.2)
 
 
 async def test_aws_endpoint_down_for_seconds_then_everything_recovers(
@@ -82,7 +74,11 @@ async def test_aws_endpoint_down_for_seconds_then_everything_recovers(
 async def test_s3_refusing_results_is_retried_and_never_completed_without_one(
     make_settings: Any, start_app: Any, aws: Any
 ) -> None:
-    settings = make_settings(consumer={"backoff_base_s": 1.0, "max_attempts": 3})
+    # A retry delay of a few seconds leaves time to see the job waiting and to
+    # bring the bucket back before its second attempt.
+    settings = make_settings(
+        consumer={"backoff_base_s": 3.0, "backoff_max_s": 5.0, "max_attempts": 3}
+    )
     app, client = await start_app(settings, registry())
     bucket = settings.results.bucket
     await aws.s3.delete_bucket(Bucket=bucket)

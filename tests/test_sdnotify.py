@@ -173,15 +173,15 @@ async def test_watchdog_pings_only_while_healthy(fs_socket: tuple[str, socket.so
     healthy = True
     task = asyncio.create_task(notifier.run_watchdog(lambda: healthy))
     try:
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.6)
         pings_healthy = _drain(sock)
         healthy = False
         await asyncio.sleep(0.06)  # let a ping already decided on arrive
         _drain(sock)
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.6)
         pings_unhealthy = _drain(sock)
         healthy = True
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.6)
         pings_recovered = _drain(sock)
     finally:
         task.cancel()
@@ -243,12 +243,12 @@ async def test_a_blocked_event_loop_stops_the_pings(fs_socket: tuple[str, socket
     receiver.start()
     task = asyncio.create_task(notifier.run_watchdog())
     try:
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)
         blocked_from = time.monotonic()
         # The point of the test: a synchronous call hogging the loop.
         time.sleep(0.5)  # noqa: ASYNC251
         blocked_until = time.monotonic()
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -71,7 +71,16 @@ def test_daemon_speaks_sd_notify_through_its_lifecycle(tmp_path: Path) -> None:
         )
         with urllib.request.urlopen(f"{url}/ready", timeout=5) as resp:
             assert resp.status == 200
-        time.sleep(3)  # pings, and a STATUS once the queue depths are polled
+        # Pings, and a STATUS once the queue depths are polled: waited for by
+        # the clock, as a slow machine may take more than one status tick.
+        deadline = time.monotonic() + 30
+        while not (
+            sum(m.startswith("WATCHDOG=") for _, m in received) >= 5
+            and any("cpu_tasks_queue 0" in m for _, m in received if m.startswith("STATUS="))
+        ):
+            assert daemon.poll() is None, daemon.communicate()[0]
+            assert time.monotonic() < deadline, f"no pings or queue STATUS in 30 s: {received}"
+            time.sleep(0.05)
         daemon.send_signal(signal.SIGTERM)
         output, _ = daemon.communicate(timeout=60)
     finally:
