@@ -150,7 +150,9 @@ class Consumer:
 
     async def _poll(self, resource: Resource) -> None:
         capacity = self.settings.consumer.max_in_flight[resource]
-        prefetch = self.settings.consumer.prefetch.get(resource, 0)
+        # A queue given no slots takes nothing, not even ahead: a message
+        # received here would wait for a slot that never comes.
+        prefetch = self.settings.consumer.prefetch.get(resource, 0) if capacity else 0
         holding = _Holding(capacity + prefetch)
         self._holdings.append(holding)
         run_slots = asyncio.Semaphore(capacity)

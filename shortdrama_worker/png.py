@@ -73,7 +73,9 @@ def _compressed_scanlines(image: Image.Image) -> bytes:
 def encode_png(image: Image.Image) -> bytes:
     """``image`` as PNG bytes; lossless, any mode (RGB and RGBA take the fast path)."""
     colour_type = _COLOUR_TYPE.get(image.mode)
-    if colour_type is None:
+    # The fast path writes pixels only; a colour profile or a colour-key
+    # transparency is kept by letting Pillow write the ancillary chunks.
+    if colour_type is None or "icc_profile" in image.info or "transparency" in image.info:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", compress_level=1)
         return buffer.getvalue()

@@ -105,7 +105,7 @@ def _default_prefetch() -> dict[Resource, int]:
 class ConsumerSettings(Section):
     enabled: bool = True
     consume: list[Resource] = Field(default_factory=lambda: list(RESOURCES))
-    max_in_flight: dict[Resource, int] = Field(
+    max_in_flight: dict[Resource, NonNegativeInt] = Field(
         default_factory=_default_in_flight,
         description="Jobs run at once per queue.",
     )

@@ -249,3 +249,22 @@ async def test_a_message_waiting_for_a_slot_stays_hidden_past_its_visibility_tim
     assert (await wait_for(client, first, timeout=30))["status"] == "completed"
     assert (await wait_for(client, second))["status"] == "completed"
     assert handler_runs(app) == [(first, 1), (second, 1)]
+
+
+async def test_a_queue_given_no_slots_takes_no_messages_ahead_either(
+    make_settings: Any, start_app: Any, aws: Any
+) -> None:
+    settings = make_settings(
+        consumer={"max_in_flight": {"cpu": 0, "gpu": 1}, "prefetch": {"cpu": 4, "gpu": 0}},
+    )
+    app, client = await start_app(
+        settings, HandlerRegistry.from_classes({"scripted": ScriptedHandler})
+    )
+    job_id = await submit(client, "scripted", {})
+    url = app[keys.QUEUE].url("cpu")
+    # Several long-poll rounds: the message stays visible to other instances.
+    for _ in range(8):
+        await asyncio.sleep(0.25)
+        assert await depth(aws, url) == (1, 0)
+    assert (await (await client.get(f"/api/v1/jobs/{job_id}")).json())["status"] == "pending"
+    assert handler_runs(app) == []

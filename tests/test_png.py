@@ -48,3 +48,18 @@ def test_a_photo_round_trips_and_is_compressed() -> None:
     assert decoded(png).tobytes() == photo.tobytes()
     # Deflate did its work: well under the raw 3 bytes per pixel.
     assert len(png) < 0.7 * photo.width * photo.height * 3
+
+
+def test_a_colour_profile_and_a_colour_key_are_kept() -> None:
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    tagged = noisy("RGB", (16, 8))
+    tagged.info["icc_profile"] = profile
+    assert decoded(encode_png(tagged)).info["icc_profile"] == profile
+
+    keyed = noisy("RGB", (16, 8))
+    keyed.info["transparency"] = (1, 2, 3)
+    back = decoded(encode_png(keyed))
+    assert back.info["transparency"] == (1, 2, 3)
+    assert back.tobytes() == keyed.tobytes()
