@@ -9,7 +9,10 @@ image shifted one row down) and the stream is deflated by ISA-L at level 1:
 prints both). Lossless either way: decoders undo any filter exactly.
 
 Only the modes the mask drawing produces are written here: 8-bit ``RGB`` and
-``RGBA``; anything else goes through Pillow.
+``RGBA``; anything else goes through Pillow. The ancillary data Pillow would
+have carried over from ``image.info`` is carried here too: the colour profile
+(``iCCP``, so a Display-P3 frame keeps its colours) and an RGB colour key
+(``tRNS``).
 """
 
 from __future__ import annotations
@@ -70,12 +73,24 @@ def _compressed_scanlines(image: Image.Image) -> bytes:
     return b"".join(parts)
 
 
+def _ancillary_chunks(image: Image.Image) -> list[bytes]:
+    """What of ``image.info`` a PNG keeps, as Pillow would write it; both go before IDAT."""
+    chunks = []
+    profile = image.info.get("icc_profile")
+    if profile:
+        # Name, NUL, compression method 0 (deflate), the deflated profile.
+        chunks.append(_chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(profile)))
+    key = image.info.get("transparency")
+    # A colour key is only defined for RGB; RGBA carries its alpha per pixel.
+    if image.mode == "RGB" and isinstance(key, tuple) and len(key) == 3:
+        chunks.append(_chunk(b"tRNS", struct.pack(">HHH", *key)))
+    return chunks
+
+
 def encode_png(image: Image.Image) -> bytes:
     """``image`` as PNG bytes; lossless, any mode (RGB and RGBA take the fast path)."""
     colour_type = _COLOUR_TYPE.get(image.mode)
-    # The fast path writes pixels only; a colour profile or a colour-key
-    # transparency is kept by letting Pillow write the ancillary chunks.
-    if colour_type is None or "icc_profile" in image.info or "transparency" in image.info:
+    if colour_type is None:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", compress_level=1)
         return buffer.getvalue()
@@ -85,6 +100,7 @@ def encode_png(image: Image.Image) -> bytes:
         (
             _SIGNATURE,
             _chunk(b"IHDR", header),
+            *_ancillary_chunks(image),
             _chunk(b"IDAT", _compressed_scanlines(image)),
             _chunk(b"IEND", b""),
         )

@@ -56,7 +56,9 @@ def test_a_colour_profile_and_a_colour_key_are_kept() -> None:
     profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     tagged = noisy("RGB", (16, 8))
     tagged.info["icc_profile"] = profile
-    assert decoded(encode_png(tagged)).info["icc_profile"] == profile
+    back = decoded(encode_png(tagged))
+    assert back.info["icc_profile"] == profile
+    assert back.tobytes() == tagged.tobytes()
 
     keyed = noisy("RGB", (16, 8))
     keyed.info["transparency"] = (1, 2, 3)
