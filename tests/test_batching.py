@@ -164,15 +164,24 @@ async def test_prefetch_receives_a_burst_several_at_a_time_within_the_slots(
     assert receives_ahead <= 8, f"{receives_ahead} receives for 16 jobs"
 
 
+async def scripted_instance(
+    make_settings: Any, start_app: Any, slots: int, prefetch: int, **sections: Any
+) -> Any:
+    """An instance running the scripted handler with ``slots`` CPU slots and ``prefetch``."""
+    settings = make_settings(
+        consumer={
+            "max_in_flight": {"cpu": slots, "gpu": 1},
+            "prefetch": {"cpu": prefetch, "gpu": 0},
+        },
+        **sections,
+    )
+    return await start_app(settings, HandlerRegistry.from_classes({"scripted": ScriptedHandler}))
+
+
 async def test_messages_waiting_for_a_slot_are_handed_back_at_shutdown(
     make_settings: Any, start_app: Any, aws: Any
 ) -> None:
-    settings = make_settings(
-        consumer={"max_in_flight": {"cpu": 1, "gpu": 1}, "prefetch": {"cpu": 4, "gpu": 0}},
-    )
-    first, client = await start_app(
-        settings, HandlerRegistry.from_classes({"scripted": ScriptedHandler})
-    )
+    first, client = await scripted_instance(make_settings, start_app, slots=1, prefetch=4)
     # The running job outlasts the 2-s grace period however slowly the rest
     # of the test goes; the four behind it are short.
     running = await submit(client, "scripted", {"sleep_s": 6})
@@ -217,12 +226,8 @@ def handler_runs(app: Any) -> list[tuple[str, int]]:
 async def test_a_message_waiting_for_a_slot_stays_hidden_past_its_visibility_timeout(
     make_settings: Any, start_app: Any, aws: Any
 ) -> None:
-    settings = make_settings(
-        queues={"visibility_timeout_s": 5},
-        consumer={"max_in_flight": {"cpu": 1, "gpu": 1}, "prefetch": {"cpu": 1, "gpu": 0}},
-    )
-    app, client = await start_app(
-        settings, HandlerRegistry.from_classes({"scripted": ScriptedHandler})
+    app, client = await scripted_instance(
+        make_settings, start_app, slots=1, prefetch=1, queues={"visibility_timeout_s": 5}
     )
     # The first job holds the only slot well past the window watched below,
     # so a slow machine cannot end it while the second message is observed.
@@ -254,12 +259,7 @@ async def test_a_message_waiting_for_a_slot_stays_hidden_past_its_visibility_tim
 async def test_a_queue_given_no_slots_takes_no_messages_ahead_either(
     make_settings: Any, start_app: Any, aws: Any
 ) -> None:
-    settings = make_settings(
-        consumer={"max_in_flight": {"cpu": 0, "gpu": 1}, "prefetch": {"cpu": 4, "gpu": 0}},
-    )
-    app, client = await start_app(
-        settings, HandlerRegistry.from_classes({"scripted": ScriptedHandler})
-    )
+    app, client = await scripted_instance(make_settings, start_app, slots=0, prefetch=4)
     job_id = await submit(client, "scripted", {})
     url = app[keys.QUEUE].url("cpu")
     # Several long-poll rounds: the message stays visible to other instances.
