@@ -41,7 +41,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from shortdrama_worker import keys
 from shortdrama_worker.app import create_app
 from shortdrama_worker.aws import open_clients
-from shortdrama_worker.handlers.base import Handler, HandlerInput, JobContext
+from shortdrama_worker.contract import (
+    CONTRACT_VERSION,
+    Handler,
+    HandlerInput,
+    JobContext,
+    NoSettings,
+)
 from shortdrama_worker.logconfig import configure_logging
 from shortdrama_worker.plugins import HandlerRegistry
 from shortdrama_worker.settings import LogSettings, Settings, load_settings
@@ -59,7 +65,8 @@ class NoopInput(HandlerInput):
 RELEASE = asyncio.Event()
 
 
-class NoopHandler(Handler):
+class NoopHandler(Handler[Any, NoSettings]):
+    contract_version = CONTRACT_VERSION
     resource = "cpu"
     input_model = NoopInput
 

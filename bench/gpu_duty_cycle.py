@@ -72,11 +72,9 @@ def _outcome(name: str, jobs: int, wall: float, executions: list[Any]) -> Outcom
 
 async def run_ours(args: argparse.Namespace, image: bytes) -> Outcome:
     import aiohttp
-    import structlog
-    from fakes.comfy_context import GpuGate, RecordingContext, data_uri
     from fakes.comfyui import FakeComfyUI, Script
 
-    from shortdrama_worker.handlers.base import HandlerEnv
+    from shortdrama_worker.contract.testing import FakeJobContext, GpuGate, data_uri, make_env
     from shortdrama_worker.handlers.camera_angle import CameraAngleHandler, CameraAngleInput
     from shortdrama_worker.handlers.comfy_common import ComfySettings
     from shortdrama_worker.metrics import Metrics
@@ -87,11 +85,11 @@ async def run_ours(args: argparse.Namespace, image: bytes) -> Outcome:
         view_latency_s=args.download_s,
     )
     async with fake as comfy, aiohttp.ClientSession() as http:
-        env = HandlerEnv(
+        env = make_env(
+            CameraAngleHandler,
+            ComfySettings(base_url=comfy.url),
             kind="comfy_camera_angle",
-            http=http,
-            log=structlog.get_logger("bench"),
-            settings=ComfySettings(base_url=comfy.url),
+            service_http=http,
             metrics=Metrics(),
         )
         handler = CameraAngleHandler(env)
@@ -102,7 +100,7 @@ async def run_ours(args: argparse.Namespace, image: bytes) -> Outcome:
 
         async def job(index: int) -> None:
             async with in_flight:
-                ctx = RecordingContext(
+                ctx = FakeJobContext(
                     job_id=f"bench-{index}",
                     kind="comfy_camera_angle",
                     http=http,
@@ -209,11 +207,12 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    import structlog
 
     # The fake ComfyUI and the recording context live with the tests.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     # One log line per job would bury the table.
+    import structlog
+
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     asyncio.run(_main(_parser().parse_args()))
 

@@ -39,7 +39,13 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from shortdrama_worker import keys
 from shortdrama_worker.app import create_app
-from shortdrama_worker.handlers.base import Handler, HandlerInput, JobContext
+from shortdrama_worker.contract import (
+    CONTRACT_VERSION,
+    Handler,
+    HandlerInput,
+    JobContext,
+    NoSettings,
+)
 from shortdrama_worker.logconfig import configure_logging
 from shortdrama_worker.plugins import HandlerRegistry
 from shortdrama_worker.settings import Settings, load_settings
@@ -50,8 +56,9 @@ class NoopInput(HandlerInput):
     n: int = 0
 
 
-class CountingNoopHandler(Handler):
+class CountingNoopHandler(Handler[Any, NoSettings]):
     """Does nothing, fast; counts how often it ran for each job id."""
+    contract_version = CONTRACT_VERSION
 
     resource = "cpu"
     input_model = NoopInput

@@ -16,7 +16,9 @@ from pydantic import ValidationError
 
 from shortdrama_worker import keys
 from shortdrama_worker.auth import REQUEST_KEY, may_read, may_submit
-from shortdrama_worker.inputs import parse_data_uri
+from shortdrama_worker.contract.fields import REFERENCE_CHECK
+from shortdrama_worker.inputs import parse_data_uri, reference_problem
+from shortdrama_worker.jobview import render_job
 from shortdrama_worker.openapi import build_openapi
 from shortdrama_worker.plugins import HandlerSpec
 from shortdrama_worker.queue import QueueError
@@ -29,37 +31,6 @@ log = structlog.get_logger("shortdrama_worker.api")
 # Idempotency keys map to task ids deterministically, so a repeated submit
 # hits the same record and the store's conditional put settles the race.
 _IDEMPOTENCY_NS = uuid.UUID("6f1d7a3e-5b0c-4a59-9c61-2f3a8e1f4b20")
-
-
-def job_view(task: Task, base_url: str, result_url: str | None = None) -> dict[str, Any]:
-    """The public shape of a job, shared by the job and the legacy task routes."""
-    error = (
-        {"code": task.error_code or "error", "message": task.error_message}
-        if task.status == "failed" and task.error_message
-        else None
-    )
-    webhook = (
-        {"url": task.callback_url, "deliveries": task.webhook_deliveries or []}
-        if task.callback_url
-        else None
-    )
-    return {
-        "job_id": task.task_id,
-        "task_id": task.task_id,
-        "kind": task.job_type,
-        "status": task.status,
-        "progress": task.progress,
-        "webhook": webhook,
-        "stage": task.stage,
-        "result_url": result_url or task.result_url,
-        "result": task.result,
-        "error_message": task.error_message,
-        "error": error,
-        "attempts": task.attempts,
-        "created_at": task.created_at,
-        "updated_at": task.updated_at,
-        "status_url": f"{base_url}/api/v1/jobs/{task.task_id}",
-    }
 
 
 def _base_url(request: web.Request) -> str:
@@ -122,7 +93,9 @@ async def submit(request: web.Request) -> web.Response:
     try:
         # Strict at the edge: "12" or true for an integer is refused, as the
         # published schema says, instead of being quietly converted.
-        params = spec.cls.input_model.model_validate(payload, strict=True)
+        params = spec.cls.input_model.model_validate(
+            payload, strict=True, context={REFERENCE_CHECK: reference_problem}
+        )
     except ValidationError as exc:
         errors = _field_errors(exc)
         summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
@@ -280,11 +253,9 @@ async def get_job(request: web.Request) -> web.Response:
         # Another key's job is reported as missing, not as forbidden: ids of
         # other tenants' jobs are not confirmed to exist.
         return error_response(404, "not_found", f"no job {task_id}")
-    url = None
-    if task.result_key and task.status == "completed":
-        # Presigned URLs expire; hand out a fresh one on every read.
-        url = await request.app[keys.RESULTS].url(task.result_key)
-    return web.json_response(job_view(task, _base_url(request), url))
+    # Presigned URLs expire; every stored file gets a fresh one on every read.
+    view = await render_job(task, _base_url(request), request.app[keys.RESULTS])
+    return web.json_response(view)
 
 
 async def cancel_job(request: web.Request) -> web.Response:
@@ -311,7 +282,8 @@ async def cancel_job(request: web.Request) -> web.Response:
     # If it runs here, stop it now rather than at the next heartbeat.
     request.app[keys.RUNNER].cancel_local(task_id, "cancelled")
     request.app[keys.WEBHOOKS].schedule(task)  # only if it is already cancelled
-    return web.json_response(job_view(task, _base_url(request)), status=202)
+    view = await render_job(task, _base_url(request), request.app[keys.RESULTS])
+    return web.json_response(view, status=202)
 
 
 async def list_handlers(request: web.Request) -> web.Response:

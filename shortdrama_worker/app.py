@@ -17,18 +17,18 @@ import structlog
 from aiohttp import web
 
 from shortdrama_worker import api, keys
-from shortdrama_worker.api import job_view
 from shortdrama_worker.auth import authenticate
 from shortdrama_worker.aws import open_clients
 from shortdrama_worker.consumer import Consumer
 from shortdrama_worker.context import GpuSlots
+from shortdrama_worker.contract import HandlerEnv
 from shortdrama_worker.embedded import embedded_aws
-from shortdrama_worker.handlers.base import Handler, HandlerEnv
 from shortdrama_worker.inputs import InputFetcher
+from shortdrama_worker.jobview import render_job
 from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.middleware import json_errors, request_context
 from shortdrama_worker.netguard import AddressPolicy, GuardedResolver
-from shortdrama_worker.plugins import HandlerRegistry, PluginError
+from shortdrama_worker.plugins import AnyHandler, HandlerRegistry, PluginError
 from shortdrama_worker.provision import provision
 from shortdrama_worker.queue import JobQueue
 from shortdrama_worker.results import ResultStore
@@ -123,19 +123,17 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
 
 async def _handlers(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
-    handlers: dict[str, Handler] = {}
+    handlers: dict[str, AnyHandler] = {}
     try:
         for spec in app[keys.REGISTRY]:
             raw = settings.handlers.options.get(spec.kind, {})
-            section: Any = raw
-            if spec.cls.settings_model is not None:
-                try:
-                    section = spec.cls.settings_model.model_validate(raw)
-                except Exception as exc:
-                    raise PluginError(f"[handlers.options.{spec.kind}] is invalid: {exc}") from None
-            env = HandlerEnv(
+            try:
+                section = spec.cls.settings_model.model_validate(raw)
+            except Exception as exc:
+                raise PluginError(f"[handlers.options.{spec.kind}] is invalid: {exc}") from None
+            env: HandlerEnv[Any] = HandlerEnv(
                 kind=spec.kind,
-                http=app[keys.HTTP],
+                service_http=app[keys.HTTP],
                 log=structlog.get_logger(f"shortdrama_worker.handlers.{spec.kind}"),
                 settings=section,
                 metrics=app[keys.METRICS],
@@ -150,7 +148,7 @@ async def _handlers(app: web.Application) -> AsyncIterator[None]:
             app[keys.UNTRUSTED_HTTP],
             app[keys.STORE],
             settings.webhooks,
-            render=lambda task: job_view(task, base_url),
+            render=lambda task: render_job(task, base_url, app[keys.RESULTS]),
             policy=app[keys.ADDRESS_POLICY],
         )
         app[keys.WEBHOOKS] = webhooks

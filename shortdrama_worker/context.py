@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import aiohttp
 from PIL import Image
 from structlog.typing import FilteringBoundLogger
 
-from shortdrama_worker.errors import TransientJobError
-from shortdrama_worker.handlers.base import FetchedInput, StoredResult
+from shortdrama_worker.contract import (
+    FaceBox,
+    FetchedInput,
+    InputError,
+    PermanentJobError,
+    StoredResult,
+    TransientJobError,
+    sniff_content_type,
+)
+from shortdrama_worker.faces.boxes import FaceDetector
 from shortdrama_worker.inputs import InputFetcher
 from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.results import ResultStore, ResultStoreError
@@ -63,6 +71,7 @@ class RunContext:
         fetcher: InputFetcher,
         gpu_slots: GpuSlots,
         progress_interval_s: float,
+        faces: FaceDetector | None = None,
     ) -> None:
         self.job_id = task.task_id
         self.kind = task.job_type
@@ -78,18 +87,48 @@ class RunContext:
         self._fetcher = fetcher
         self._gpu = gpu_slots
         self._progress_interval = progress_interval_s
+        self._faces = faces
         self._last_progress = 0.0
         self.primary: StoredResult | None = None
         self.stored: list[StoredResult] = []
 
-    async def fetch_bytes(self, ref: str, *, field: str) -> FetchedInput:
-        return await self._fetcher.fetch(ref, field=field)
+    async def fetch_file(
+        self,
+        ref: str,
+        *,
+        field: str,
+        accept: Sequence[str],
+        max_bytes: int | None = None,
+    ) -> FetchedInput:
+        started = time.monotonic()
+        fetched = await self._fetcher.fetch(ref, field=field, kind="file")
+        limit = max_bytes or self._fetcher.settings.max_bytes
+        if len(fetched.data) > limit:
+            raise InputError(field, f"larger than {limit} bytes", code="input_too_large")
+        sniffed = sniff_content_type(fetched.data)
+        if sniffed not in accept:
+            what = sniffed or "not a format this server recognises"
+            raise InputError(
+                field, f"is {what}; expected {', '.join(accept)}", code="unsupported_format"
+            )
+        self.metrics.observe_phase(self.kind, "fetch", time.monotonic() - started)
+        return FetchedInput(fetched.data, sniffed, fetched.source)
 
-    async def fetch_image(self, ref: str, *, field: str) -> Image.Image:
+    async def fetch_image(
+        self, ref: str, *, field: str, max_side: int | None = None
+    ) -> Image.Image:
         started = time.monotonic()
         image = await self._fetcher.fetch_image(ref, field=field)
-        self.metrics.phase_duration.labels(self.kind, "fetch").observe(time.monotonic() - started)
+        self.metrics.observe_phase(self.kind, "fetch", time.monotonic() - started)
         return image
+
+    async def detect_faces(self, image: Image.Image) -> list[FaceBox]:
+        if self._faces is None:
+            raise PermanentJobError(
+                "this server has no local face detector: install shortdrama-worker[detector]",
+                code="detector_unavailable",
+            )
+        return await self._faces.detect(image)
 
     async def store_result(
         self, data: bytes, *, content_type: str, name: str, primary: bool = True
@@ -103,10 +142,8 @@ class RunContext:
         except ResultStoreError as exc:
             # Never completed without a result: the job goes back for a retry.
             raise TransientJobError(str(exc), code="result_store_unavailable") from exc
-        self.metrics.phase_duration.labels(self.kind, "store").observe(time.monotonic() - started)
-        stored = StoredResult(
-            key=key, url=await self._results.url(key), content_type=content_type, size=len(data)
-        )
+        self.metrics.observe_phase(self.kind, "store", time.monotonic() - started)
+        stored = StoredResult(key=key, content_type=content_type, size=len(data))
         self.stored.append(stored)
         if primary and self.primary is None:
             self.primary = stored
@@ -124,5 +161,5 @@ class RunContext:
         except (StoreError, StaleTransition) as exc:
             self.log.warning("progress_not_recorded", error=str(exc))
 
-    def gpu(self) -> Any:
+    def gpu(self) -> AbstractAsyncContextManager[None]:
         return self._gpu.hold(self.kind)

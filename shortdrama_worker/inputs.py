@@ -13,7 +13,7 @@ import binascii
 import io
 import re
 import warnings
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote_to_bytes, urlsplit
 
 import aiohttp
@@ -22,10 +22,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from shortdrama_worker.aws import error_code
-from shortdrama_worker.errors import InputError, InputUnavailableError
-from shortdrama_worker.handlers.base import FetchedInput
+from shortdrama_worker.contract import FetchedInput, Reference
+from shortdrama_worker.contract.errors import InputError, InputUnavailableError
 from shortdrama_worker.netguard import AddressPolicy, literal_refusal, refusal_of
 from shortdrama_worker.settings import InputSettings
+
+RefKind = Literal["image", "file"]
 
 _DATA_URI = re.compile(
     r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]+)*),(?P<data>.*)$", re.S
@@ -34,13 +36,15 @@ _DATA_URI = re.compile(
 _PERMANENT_HTTP = {400, 401, 403, 404, 405, 410, 414, 451}
 
 
-def parse_data_uri(ref: str, field: str, max_bytes: int) -> FetchedInput:
-    """Decode a ``data:image/…;base64,…`` URI."""
+def parse_data_uri(
+    ref: str, field: str, max_bytes: int, *, kind: RefKind = "image"
+) -> FetchedInput:
+    """Decode a ``data:…;base64,…`` URI (``data:image/…`` for an image reference)."""
     match = _DATA_URI.match(ref)
     if not match:
         raise InputError(field, "malformed data: URI")
     mime = (match["mime"] or "text/plain").lower()
-    if not mime.startswith("image/"):
+    if kind == "image" and not mime.startswith("image/"):
         raise InputError(field, f"data: URI has media type {mime}, expected image/*")
     payload = match["data"]
     # base64 grows data by 4/3; refuse before decoding a huge string.
@@ -56,10 +60,12 @@ def parse_data_uri(ref: str, field: str, max_bytes: int) -> FetchedInput:
     return FetchedInput(data=data, content_type=mime, source="data:")
 
 
-def check_ref(ref: str, *, allow_http: bool) -> str | None:
+def check_ref(ref: str, *, allow_http: bool, kind: RefKind = "image") -> str | None:
     """Why ``ref`` cannot be an input reference, or ``None`` if its form is acceptable."""
     if ref.startswith("data:"):
-        return None if ref.startswith("data:image/") else "data: URI must be an image/* type"
+        if kind == "file" or ref.startswith("data:image/"):
+            return None
+        return "data: URI must be an image/* type"
     parts = urlsplit(ref)
     if parts.scheme == "https" or (parts.scheme == "http" and allow_http):
         return None if parts.hostname else "URL has no host"
@@ -67,6 +73,13 @@ def check_ref(ref: str, *, allow_http: bool) -> str | None:
         return None if parts.netloc and parts.path.strip("/") else "s3:// URI needs bucket and key"
     allowed = "https://, s3:// or data:image/" + (", http://" if allow_http else "")
     return f"unsupported scheme {parts.scheme or '(none)'!r}; use {allowed}"
+
+
+def reference_problem(ref: str, reference: Reference) -> str | None:
+    """The host's reference policy for the edge, passed to input validation."""
+    # http:// is refused or allowed by the fetcher's setting at run time; the
+    # edge accepts it so that setting stays the one place that decides.
+    return check_ref(ref, allow_http=True, kind=reference.kind)
 
 
 class InputFetcher:
@@ -89,12 +102,12 @@ class InputFetcher:
         self.policy = policy
         self.buckets = {results_bucket, *settings.s3_buckets}
 
-    async def fetch(self, ref: str, *, field: str) -> FetchedInput:
-        problem = check_ref(ref, allow_http=self.settings.allow_http)
+    async def fetch(self, ref: str, *, field: str, kind: RefKind = "image") -> FetchedInput:
+        problem = check_ref(ref, allow_http=self.settings.allow_http, kind=kind)
         if problem:
             raise InputError(field, problem)
         if ref.startswith("data:"):
-            return parse_data_uri(ref, field, self.settings.max_bytes)
+            return parse_data_uri(ref, field, self.settings.max_bytes, kind=kind)
         if ref.startswith("s3://"):
             return await self._fetch_s3(ref, field)
         return await self._fetch_http(ref, field)

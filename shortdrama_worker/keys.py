@@ -7,10 +7,9 @@ from aiohttp import web
 
 from shortdrama_worker.aws import AwsClients
 from shortdrama_worker.consumer import Consumer
-from shortdrama_worker.handlers.base import Handler
 from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.netguard import AddressPolicy
-from shortdrama_worker.plugins import HandlerRegistry
+from shortdrama_worker.plugins import AnyHandler, HandlerRegistry
 from shortdrama_worker.queue import JobQueue
 from shortdrama_worker.results import ResultStore
 from shortdrama_worker.runner import JobRunner
@@ -21,7 +20,7 @@ from shortdrama_worker.webhooks import WebhookSender
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
 REGISTRY = web.AppKey("registry", HandlerRegistry)
-HANDLERS = web.AppKey("handlers", dict[str, Handler])
+HANDLERS = web.AppKey("handlers", dict[str, AnyHandler])
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 UNTRUSTED_HTTP = web.AppKey("untrusted_http", aiohttp.ClientSession)
 ADDRESS_POLICY = web.AppKey("address_policy", AddressPolicy)

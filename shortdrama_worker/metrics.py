@@ -184,3 +184,19 @@ class Metrics:
             self.in_flight.labels(kind)
             for outcome in OUTCOMES:
                 self.jobs_finished.labels(kind, outcome)
+
+    # The ``PluginMetrics`` protocol of the contract: what a handler may record.
+
+    def observe_phase(self, kind: str, phase: str, seconds: float) -> None:
+        self.phase_duration.labels(kind=kind, phase=phase).observe(seconds)
+
+    def observe_provider_call(
+        self, provider: str, status_class: str, seconds: float, *, failed: bool
+    ) -> None:
+        self.provider_requests.labels(provider=provider, status_class=status_class).observe(seconds)
+        if failed:
+            self.provider_errors.labels(provider=provider, status_class=status_class).inc()
+
+    def count_provider_usage(self, provider: str, unit: str, amount: float) -> None:
+        if amount > 0:
+            self.provider_usage.labels(provider=provider, unit=unit).inc(amount)

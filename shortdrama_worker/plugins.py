@@ -11,10 +11,14 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
+from typing import Any
 
-from shortdrama_worker.handlers.base import Handler, Resource
+from shortdrama_worker.contract import CONTRACT_VERSION, Handler, Resource
 
 GROUP = "shortdrama_worker.handlers"
+
+AnyHandler = Handler[Any, Any]
+"""A handler of any input and settings models, as the host holds them."""
 _KIND = re.compile(r"^[a-z][a-z0-9_]*$")
 _SLUG = re.compile(r"^[a-z][a-z0-9-]*$")
 
@@ -29,7 +33,7 @@ class HandlerSpec:
 
     kind: str
     slug: str
-    cls: type[Handler]
+    cls: type[AnyHandler]
     distribution: str
 
     @property
@@ -66,7 +70,7 @@ class HandlerRegistry:
 
     @classmethod
     def from_classes(
-        cls, handlers: Mapping[str, type[Handler]], distribution: str = "(in-process)"
+        cls, handlers: Mapping[str, type[AnyHandler]], distribution: str = "(in-process)"
     ) -> HandlerRegistry:
         """Build a registry without entry points (embedding, tests)."""
         return cls(_spec(kind, handler, distribution) for kind, handler in handlers.items())
@@ -98,7 +102,7 @@ def _load(ep: EntryPoint) -> HandlerSpec:
     return _spec(ep.name, handler, dist)
 
 
-def _spec(kind: str, handler: type[Handler], distribution: str) -> HandlerSpec:
+def _spec(kind: str, handler: type[AnyHandler], distribution: str) -> HandlerSpec:
     if not _KIND.match(kind):
         raise PluginError(f"handler kind {kind!r} is not snake_case")
     slug = handler.slug or kind.replace("_", "-")
@@ -108,4 +112,28 @@ def _spec(kind: str, handler: type[Handler], distribution: str) -> HandlerSpec:
         raise PluginError(f"handler {kind!r} has resource {handler.resource!r}; use gpu or cpu")
     if getattr(handler, "input_model", None) is None:
         raise PluginError(f"handler {kind!r} declares no input_model")
+    problem = contract_problem(getattr(handler, "contract_version", None))
+    if problem:
+        raise PluginError(f"handler {kind!r} from {distribution}: {problem}")
     return HandlerSpec(kind=kind, slug=slug, cls=handler, distribution=distribution)
+
+
+def contract_problem(declared: object) -> str | None:
+    """Why a plugin built for contract ``declared`` cannot run on this host, if it cannot.
+
+    Same major and a minor no newer than ours: the contract only grows within
+    a major version, so an older plugin still fits.
+    """
+    if not isinstance(declared, str):
+        return f"declares no contract_version; set contract_version = {CONTRACT_VERSION!r}"
+    try:
+        major, minor = (int(part) for part in declared.split("."))
+        host_major, host_minor = (int(part) for part in CONTRACT_VERSION.split("."))
+    except ValueError:
+        return f"contract_version {declared!r} is not MAJOR.MINOR"
+    if major != host_major or minor > host_minor:
+        return (
+            f"was built for plugin contract {declared}, this host implements "
+            f"{CONTRACT_VERSION}; install a version of the plugin built for {host_major}.x"
+        )
+    return None

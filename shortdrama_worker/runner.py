@@ -26,11 +26,12 @@ import structlog
 from pydantic import ValidationError
 
 from shortdrama_worker.context import GpuSlots, RunContext
-from shortdrama_worker.errors import JobError, PermanentJobError, TransientJobError
-from shortdrama_worker.handlers.base import Handler, StoredResult
+from shortdrama_worker.contract import StoredResult
+from shortdrama_worker.contract.errors import JobError, PermanentJobError, TransientJobError
 from shortdrama_worker.inputs import InputFetcher
+from shortdrama_worker.jobview import files_of, freeze_result
 from shortdrama_worker.metrics import Metrics
-from shortdrama_worker.plugins import HandlerRegistry
+from shortdrama_worker.plugins import AnyHandler, HandlerRegistry
 from shortdrama_worker.queue import JobMessage, JobQueue, MalformedMessage, QueueError
 from shortdrama_worker.results import ResultStore
 from shortdrama_worker.settings import Settings
@@ -78,7 +79,7 @@ class JobRunner:
         fetcher: InputFetcher,
         http: aiohttp.ClientSession,
         registry: HandlerRegistry,
-        handlers: dict[str, Handler],
+        handlers: dict[str, AnyHandler],
         metrics: Metrics,
         gpu_slots: GpuSlots,
         webhooks: WebhookSender,
@@ -232,7 +233,7 @@ class JobRunner:
         self.metrics.messages_dead_lettered.labels(message.resource).inc()
         await self.queue.dead_letter(message, reason)
 
-    async def _run(self, task: Task, message: JobMessage, handler: Handler) -> None:
+    async def _run(self, task: Task, message: JobMessage, handler: AnyHandler) -> None:
         kind = task.job_type
         spec = self.registry.by_kind[kind]
         if message.sent_at:
@@ -294,7 +295,7 @@ class JobRunner:
         )
 
     async def _invoke(
-        self, handler: Handler, timeout_s: float, task: Task, ctx: RunContext
+        self, handler: AnyHandler, timeout_s: float, task: Task, ctx: RunContext
     ) -> dict[str, Any]:
         try:
             params = handler.input_model.model_validate(task.input)
@@ -317,13 +318,15 @@ class JobRunner:
     ) -> Outcome:
         primary = ctx.primary
         if primary is not None:
-            result = {**result, "files": [s.__dict__ for s in ctx.stored]}
+            result = {**result, "files": files_of(ctx.stored)}
+        # Keys, not URLs, are stored: URLs are rendered when the job is read.
+        result = freeze_result(result)
         try:
             done = await self.store.complete(
                 task.task_id,
                 self.owner,
                 result=result,
-                result_url=primary.url if primary else None,
+                result_url=None,
                 result_key=primary.key if primary else None,
             )
         except StaleTransition as stale:

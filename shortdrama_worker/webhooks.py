@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -56,7 +57,7 @@ class WebhookSender:
         http: aiohttp.ClientSession,
         store: TaskStore,
         settings: WebhookSettings,
-        render: Any,
+        render: Callable[[Task], Awaitable[dict[str, Any]]],
         policy: AddressPolicy,
     ) -> None:
         # ``http`` is the session whose resolver refuses internal addresses.
@@ -88,7 +89,11 @@ class WebhookSender:
         secret = secret_bytes(self.settings.secret.get_secret_value())
         msg_id = f"msg_{task.task_id}_{task.status}"
         body = json.dumps(
-            {"type": f"job.{task.status}", "timestamp": time.time(), "data": self._render(task)},
+            {
+                "type": f"job.{task.status}",
+                "timestamp": time.time(),
+                "data": await self._render(task),
+            },
             separators=(",", ":"),
         ).encode()
         deliveries: list[dict[str, Any]] = list(task.webhook_deliveries or [])

@@ -11,9 +11,15 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 from pydantic import Field
 
-from shortdrama_worker.errors import PermanentJobError, TransientJobError
-from shortdrama_worker.handlers.base import Handler, HandlerInput, JobContext
-from shortdrama_worker.handlers.fields import ImageRef
+from shortdrama_worker.contract import (
+    CONTRACT_VERSION,
+    Handler,
+    HandlerInput,
+    JobContext,
+    NoSettings,
+)
+from shortdrama_worker.contract.errors import PermanentJobError, TransientJobError
+from shortdrama_worker.contract.fields import ImageRef
 
 
 class ScriptedInput(HandlerInput):
@@ -23,8 +29,9 @@ class ScriptedInput(HandlerInput):
     image_url: ImageRef | None = None
 
 
-class ScriptedHandler(Handler):
+class ScriptedHandler(Handler[Any, NoSettings]):
     """Does what its input says; records every run so tests can count them."""
+    contract_version = CONTRACT_VERSION
 
     resource = "cpu"
     input_model = ScriptedInput
@@ -71,8 +78,9 @@ class GpuProbeInput(HandlerInput):
     gpu_s: float = 0.3
 
 
-class GpuProbeHandler(Handler):
+class GpuProbeHandler(Handler[Any, NoSettings]):
     """Spends time outside and inside the GPU section; records the overlap."""
+    contract_version = CONTRACT_VERSION
 
     resource = "gpu"
     input_model = GpuProbeInput

@@ -24,7 +24,7 @@ from shortdrama_worker.comfy import (
     Progress,
 )
 from shortdrama_worker.comfy.workflows import load_workflow
-from shortdrama_worker.errors import PermanentJobError, TransientJobError
+from shortdrama_worker.contract.errors import PermanentJobError, TransientJobError
 from shortdrama_worker.metrics import Metrics
 
 FAST = ComfyClientOptions(

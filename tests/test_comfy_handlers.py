@@ -11,15 +11,14 @@ from typing import Any
 
 import aiohttp
 import pytest
-import structlog
-from fakes.comfy_context import GpuGate, RecordingContext, data_uri
 from fakes.comfyui import FakeComfyUI, Script, png_bytes
 from pydantic import ValidationError
 from support import submit, wait_for
 
 from shortdrama_worker.comfy.workflows import WorkflowError, packaged_workflow_dir
-from shortdrama_worker.errors import PermanentJobError, TransientJobError
-from shortdrama_worker.handlers.base import Handler, HandlerEnv
+from shortdrama_worker.contract import Handler
+from shortdrama_worker.contract.errors import PermanentJobError, TransientJobError
+from shortdrama_worker.contract.testing import FakeJobContext, GpuGate, data_uri, make_env
 from shortdrama_worker.handlers.camera_angle import CameraAngleHandler, CameraAngleInput
 from shortdrama_worker.handlers.comfy_common import ComfySettings, derive_seed
 from shortdrama_worker.handlers.comfy_workflow import (
@@ -54,15 +53,7 @@ async def make_handler(
     started: list[Handler] = []
 
     async def make(cls: type[Handler], kind: str, settings: Any) -> Any:
-        handler = cls(
-            HandlerEnv(
-                kind=kind,
-                http=http,
-                log=structlog.get_logger(),
-                settings=settings,
-                metrics=Metrics(),
-            )
-        )
+        handler = cls(make_env(cls, settings, kind=kind, service_http=http, metrics=Metrics()))
         await handler.startup()
         started.append(handler)
         return handler
@@ -74,8 +65,8 @@ async def make_handler(
 
 def _context(
     http: aiohttp.ClientSession, kind: str, job_id: str = "job-1", **kw: Any
-) -> RecordingContext:
-    return RecordingContext(job_id=job_id, kind=kind, http=http, **kw)
+) -> FakeJobContext:
+    return FakeJobContext(job_id=job_id, kind=kind, http=http, **kw)
 
 
 def _node(class_type: str, title: str, **inputs: Any) -> dict[str, Any]:
@@ -120,7 +111,7 @@ async def test_camera_angle_builds_the_lora_instruction_and_keeps_the_gpu_for_ex
     assert graph["8"]["inputs"]["image"] == "shortdrama/job-1-image.png"
     # The stored file is the image ComfyUI saved.
     assert len(ctx.stored) == 1 and ctx.stored[0].data == png_bytes(0)
-    assert result["images"][0]["url"].startswith("https://cdn.test/")
+    assert result["images"][0]["url"].key == ctx.stored[0].key  # rendered as a URL when read
     assert set(result["timings"]) >= {"upload", "queue", "execute", "download", "store", "total"}
     # Progress climbs through execution and never goes back.
     percents = [p for p, _ in ctx.progress_reports]

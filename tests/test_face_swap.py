@@ -25,11 +25,12 @@ from PIL import Image, ImageDraw
 from pydantic import ValidationError
 from support import submit, wait_for
 
-from shortdrama_worker.errors import InputError, PermanentJobError
-from shortdrama_worker.handlers.base import FetchedInput, HandlerEnv, StoredResult
+from shortdrama_worker.contract import FetchedInput, HandlerEnv, StoredResult
+from shortdrama_worker.contract.errors import InputError, PermanentJobError
+from shortdrama_worker.contract.fields import REFERENCE_CHECK
 from shortdrama_worker.handlers.face_swap import FaceSwapHandler
 from shortdrama_worker.handlers.full_face_swap import FullFaceSwapHandler, FullFaceSwapInput
-from shortdrama_worker.inputs import parse_data_uri
+from shortdrama_worker.inputs import parse_data_uri, reference_problem
 from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.plugins import HandlerRegistry
 
@@ -93,9 +94,7 @@ class MemoryContext:
     ) -> StoredResult:
         key = f"results/{self.kind}/{self.job_id}/{name}"
         self.stored[key] = (data, content_type, primary)
-        return StoredResult(
-            key=key, url=f"memory://{key}", content_type=content_type, size=len(data)
-        )
+        return StoredResult(key=key, content_type=content_type, size=len(data))
 
     async def progress(self, percent: float, stage: str | None = None) -> None:
         self.stages.append((percent, stage))
@@ -146,7 +145,7 @@ async def handler(cls: Any, http: aiohttp.ClientSession, section: dict[str, Any]
     kind = "face_swap" if cls is FaceSwapHandler else "full_face_swap"
     env = HandlerEnv(
         kind=kind,
-        http=http,
+        service_http=http,
         log=LOG,
         settings=cls.settings_model.model_validate(section),
         metrics=Metrics(),
@@ -276,7 +275,7 @@ async def test_full_face_swap_masks_the_chosen_face_and_swaps_it(
     ]
     # The mask is kept (not the primary result) and linked from the result.
     mask_key = result["mask"]["key"]
-    assert ctx.stored[mask_key][2] is False and result["mask_url"] == f"memory://{mask_key}"
+    assert ctx.stored[mask_key][2] is False and result["mask_url"].key == mask_key
     mask = ctx.image(mask_key).convert("RGB")
     assert mask.size == frame.size
     assert is_black(mask.getpixel(centre(RIGHT_FACE, frame.size)))
@@ -386,7 +385,8 @@ def test_bad_requests_are_refused_at_submit() -> None:
         {**good, "source_image": "ftp://x/a.png"},
     ):
         with pytest.raises(ValidationError):
-            FullFaceSwapInput.model_validate(bad)
+            # As the API validates: with the host's reference policy.
+            FullFaceSwapInput.model_validate(bad, context={REFERENCE_CHECK: reference_problem})
     schema = FullFaceSwapInput.model_json_schema()
     assert all("description" in schema["properties"][f] for f in ("face_index", "size"))
 

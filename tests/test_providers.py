@@ -19,7 +19,7 @@ from fakes.dashscope import Reply as DsReply
 from PIL import Image
 from pydantic import SecretStr
 
-from shortdrama_worker.errors import InputError, PermanentJobError, TransientJobError
+from shortdrama_worker.contract.errors import InputError, PermanentJobError, TransientJobError
 from shortdrama_worker.faces.qwen_vl import QwenVLDetector
 from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.providers.dashscope import (

@@ -27,7 +27,8 @@ from yarl import URL
 from shortdrama_worker.comfy.errors import ComfyUnavailableError, rejection_error
 from shortdrama_worker.comfy.protocol import OutputImage, PromptState, queue_state
 from shortdrama_worker.comfy.watch import PromptRun
-from shortdrama_worker.errors import PermanentJobError
+from shortdrama_worker.contract.context import PluginMetrics
+from shortdrama_worker.contract.errors import PermanentJobError
 
 PROVIDER = "comfyui"
 
@@ -77,7 +78,7 @@ class ComfyClient:
         http: aiohttp.ClientSession,
         *,
         options: ComfyClientOptions | None = None,
-        metrics: Any = None,
+        metrics: PluginMetrics | None = None,
     ) -> None:
         self.base_url = URL(base_url.rstrip("/"))
         self.http = http
@@ -117,17 +118,14 @@ class ComfyClient:
                 f"ComfyUI unreachable at {self.base_url} ({method} {path}): {exc}"
             ) from exc
         status_class = f"{status // 100}xx"
-        self._observe(status_class, started)
+        self._observe(status_class, started, failed=status >= 400)
         if status >= 500:
             self.reachable = False
-            self._count_error(status_class)
             raise ComfyUnavailableError(
                 f"ComfyUI answered {status} on {method} {path}: {body[:300]!r}",
                 retry_after=None,
             )
         self.reachable = True
-        if status >= 400:
-            self._count_error(status_class)
         return status, body, content_type
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
@@ -148,20 +146,15 @@ class ComfyClient:
         else:
             self._observe(status_class, started)
 
-    def _observe(self, status_class: str, started: float) -> None:
+    def _observe(self, status_class: str, started: float, *, failed: bool = False) -> None:
         if self.metrics is not None:
-            self.metrics.provider_requests.labels(
-                provider=PROVIDER, status_class=status_class
-            ).observe(time.monotonic() - started)
-
-    def _count_error(self, status_class: str) -> None:
-        if self.metrics is not None:
-            self.metrics.provider_errors.labels(provider=PROVIDER, status_class=status_class).inc()
+            self.metrics.observe_provider_call(
+                PROVIDER, status_class, time.monotonic() - started, failed=failed
+            )
 
     def _failed(self, status_class: str, started: float) -> None:
         self.reachable = False
-        self._observe(status_class, started)
-        self._count_error(status_class)
+        self._observe(status_class, started, failed=True)
 
     @staticmethod
     def _client_error(status: int, path: str, body: Any) -> PermanentJobError:

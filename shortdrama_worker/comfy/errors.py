@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from shortdrama_worker.errors import PermanentJobError, TransientJobError
+from shortdrama_worker.contract.errors import PermanentJobError, TransientJobError
 
 # Execution errors that say nothing about the graph or its inputs: the same job
 # will likely succeed once the GPU has room again.

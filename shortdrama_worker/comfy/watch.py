@@ -45,7 +45,7 @@ from shortdrama_worker.comfy.protocol import (
     parse_event,
     parse_history_entry,
 )
-from shortdrama_worker.errors import PermanentJobError
+from shortdrama_worker.contract.errors import PermanentJobError
 
 if TYPE_CHECKING:
     from shortdrama_worker.comfy.client import ComfyClient

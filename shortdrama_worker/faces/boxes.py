@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from PIL import Image
 
+from shortdrama_worker.contract.values import FaceBox
 
-@dataclass(frozen=True)
-class FaceBox:
-    """A face in pixel coordinates of the image it was found in."""
-
-    x: int
-    y: int
-    width: int
-    height: int
-    confidence: float
-
-    @property
-    def center_x(self) -> float:
-        return self.x + self.width / 2
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+__all__ = ["FaceBox", "FaceDetector", "order_faces"]
 
 
 def order_faces(faces: list[FaceBox]) -> list[FaceBox]:

@@ -13,11 +13,11 @@ from typing import Any, Literal
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from shortdrama_worker.errors import InputError
+from shortdrama_worker.contract import HandlerEnv, Health, JobContext
+from shortdrama_worker.contract.errors import InputError
 from shortdrama_worker.faces.boxes import FaceBox
 from shortdrama_worker.faces.local import LocalFaceDetector
 from shortdrama_worker.faces.qwen_vl import QwenVLDetector
-from shortdrama_worker.handlers.base import HandlerEnv, Health, JobContext
 from shortdrama_worker.providers.dashscope import DashScopeClient, DashScopeSettings
 
 DetectorName = Literal["local", "qwen_vl"]
@@ -58,7 +58,7 @@ class Detection:
 class Detectors:
     """The detectors a handler may use, built from its ``DetectorSettings``."""
 
-    def __init__(self, config: DetectorSettings, env: HandlerEnv) -> None:
+    def __init__(self, config: DetectorSettings, env: HandlerEnv[Any]) -> None:
         self.config = config
         self.local = LocalFaceDetector(
             min_face_size=config.local.min_face_size,
@@ -67,7 +67,7 @@ class Detectors:
         )
         self.dashscope = DashScopeClient(
             config.dashscope,
-            http=env.http,
+            http=env.service_http,
             metrics=env.metrics,
             log=env.log,
             config_hint=f"handlers.options.{env.kind}.dashscope.api_key",

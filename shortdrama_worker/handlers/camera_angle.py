@@ -15,9 +15,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from shortdrama_worker.handlers.base import HandlerInput, JobContext
+from shortdrama_worker.contract import HandlerInput, JobContext
+from shortdrama_worker.contract.fields import ImageRef
 from shortdrama_worker.handlers.comfy_common import MAX_SEED, ComfyHandler, ImageInput
-from shortdrama_worker.handlers.fields import ImageRef
 
 CameraMove = Literal[
     "rotate_left",

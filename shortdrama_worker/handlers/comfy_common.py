@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from shortdrama_worker.comfy.client import ComfyClient, ComfyClientOptions
 from shortdrama_worker.comfy.watch import Progress
 from shortdrama_worker.comfy.workflows import Scalar, Workflow, load_workflow
-from shortdrama_worker.handlers.base import Handler, Health, JobContext, Resource
+from shortdrama_worker.contract import CONTRACT_VERSION, Handler, Health, JobContext, Resource
 
 # Seeds stay below 2**53 so that JavaScript clients read the recorded seed exactly.
 MAX_DERIVED_SEED = 2**53 - 1
@@ -125,12 +125,13 @@ def _png(image: Image.Image) -> bytes:
 _EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
 
 
-class ComfyHandler(Handler):
+class ComfyHandler(Handler[Any, ComfySettings]):
     """Base of the ComfyUI handlers: one client, one template, health and the pipeline."""
 
+    contract_version = CONTRACT_VERSION
     resource: ClassVar[Resource] = "gpu"
     timeout_s: ClassVar[float] = 900.0
-    settings_model: ClassVar[type[BaseModel] | None] = ComfySettings
+    settings_model: ClassVar[type[BaseModel]] = ComfySettings
     default_workflow: ClassVar[str] = ""
     required_markers: ClassVar[frozenset[str]] = frozenset()
 
@@ -140,19 +141,15 @@ class ComfyHandler(Handler):
     _probe: asyncio.Task[None] | None = None
 
     def load_config(self) -> ComfySettings:
-        """The settings section: the host passes it validated; a plain mapping is validated here."""
-        model = self.settings_model or ComfySettings
-        section: Any = self.env.settings
-        config = section if isinstance(section, model) else model.model_validate(dict(section))
-        assert isinstance(config, ComfySettings)
-        return config
+        """The settings section, validated once by the host against ``settings_model``."""
+        return self.settings
 
     async def startup(self) -> None:
         """Check the template's markers, then probe ComfyUI (being down is not fatal)."""
         self.config = self.load_config()
         self.client = ComfyClient(
             self.config.base_url,
-            self.env.http,
+            self.env.service_http,
             options=self.config.client_options(),
             metrics=self.env.metrics,
         )
@@ -215,7 +212,7 @@ class ComfyHandler(Handler):
             timings[name] = round(end - since, 4)
             # The host's context already observes fetch and store per call.
             if name not in HOST_OBSERVED_PHASES:
-                ctx.metrics.phase_duration.labels(kind=ctx.kind, phase=name).observe(end - since)
+                ctx.metrics.observe_phase(ctx.kind, name, end - since)
             return end
 
         image_list = list(images)
@@ -279,7 +276,7 @@ class ComfyHandler(Handler):
             )
             stored.append(
                 {
-                    "url": result.url,
+                    "url": result,
                     "key": result.key,
                     "content_type": result.content_type,
                     "size": result.size,

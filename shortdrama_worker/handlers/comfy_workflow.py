@@ -22,15 +22,15 @@ from typing import Annotated, Any, ClassVar
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from shortdrama_worker.comfy.workflows import Scalar, Workflow, load_directory
-from shortdrama_worker.errors import PermanentJobError
-from shortdrama_worker.handlers.base import HandlerInput, JobContext
+from shortdrama_worker.contract import HandlerInput, JobContext
+from shortdrama_worker.contract.errors import PermanentJobError
+from shortdrama_worker.contract.fields import ImageRef
 from shortdrama_worker.handlers.comfy_common import (
     MAX_SEED,
     ComfyHandler,
     ComfySettings,
     ImageInput,
 )
-from shortdrama_worker.handlers.fields import ImageRef
 
 IMAGE_LOADERS = frozenset({"LoadImage", "LoadImageMask"})
 MarkerName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
@@ -78,7 +78,7 @@ class ComfyWorkflowHandler(ComfyHandler):
 
     slug: ClassVar[str | None] = "comfy-workflow"
     input_model: ClassVar[type[BaseModel]] = ComfyWorkflowInput
-    settings_model: ClassVar[type[BaseModel] | None] = ComfyWorkflowSettings
+    settings_model: ClassVar[type[BaseModel]] = ComfyWorkflowSettings
     description: ClassVar[str] = (
         "Run one of the operator's ComfyUI workflows by name with named image and value inputs."
     )

@@ -12,12 +12,19 @@ from typing import Any
 
 from pydantic import Field
 
-from shortdrama_worker.errors import PermanentJobError
+from shortdrama_worker.contract import (
+    CONTRACT_VERSION,
+    Handler,
+    HandlerEnv,
+    HandlerInput,
+    Health,
+    JobContext,
+)
+from shortdrama_worker.contract.errors import PermanentJobError
+from shortdrama_worker.contract.fields import ImageRef
 from shortdrama_worker.faces.boxes import FaceBox
 from shortdrama_worker.faces.choice import DetectorName, Detectors, DetectorSettings
 from shortdrama_worker.faces.mask import draw_face_mask
-from shortdrama_worker.handlers.base import Handler, HandlerEnv, HandlerInput, Health, JobContext
-from shortdrama_worker.handlers.fields import ImageRef
 from shortdrama_worker.png import encode_png
 
 
@@ -50,19 +57,17 @@ def select_face(faces: list[FaceBox], index: int) -> FaceBox:
     return faces[index]
 
 
-class FaceMaskHandler(Handler):
+class FaceMaskHandler(Handler[FaceMaskInput, FaceMaskSettings]):
+    contract_version = CONTRACT_VERSION
     resource = "cpu"
     input_model = FaceMaskInput
     settings_model = FaceMaskSettings
     timeout_s = 120.0
     description = "Black out one face (ellipse over the face, not the hair); PNG of the same size."
 
-    def __init__(self, env: HandlerEnv) -> None:
+    def __init__(self, env: HandlerEnv[FaceMaskSettings]) -> None:
         super().__init__(env)
-        config = env.settings
-        if not isinstance(config, FaceMaskSettings):
-            config = FaceMaskSettings.model_validate(config or {})
-        self.detectors = Detectors(config, env)
+        self.detectors = Detectors(env.settings, env)
 
     async def startup(self) -> None:
         await self.detectors.startup()
@@ -100,6 +105,6 @@ class FaceMaskHandler(Handler):
             "usage": {"dashscope": detection.usage} if detection.usage else {},
             "width": image.width,
             "height": image.height,
-            "image_url": stored.url,
+            "image_url": stored,
             "timings": {k: round(v, 4) for k, v in timings.items()},
         }

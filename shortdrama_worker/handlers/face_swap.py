@@ -14,15 +14,23 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from PIL import Image
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from structlog.typing import FilteringBoundLogger
 
-from shortdrama_worker.handlers.base import Handler, HandlerEnv, HandlerInput, Health, JobContext
-from shortdrama_worker.handlers.fields import ImageRef
+from shortdrama_worker.contract import (
+    CONTRACT_VERSION,
+    Handler,
+    HandlerEnv,
+    HandlerInput,
+    Health,
+    JobContext,
+    StoredResult,
+)
+from shortdrama_worker.contract.fields import ImageRef
 from shortdrama_worker.providers.images import PreparedImage, prepare_image
 from shortdrama_worker.providers.seedream import (
     GeneratedImage,
@@ -51,17 +59,6 @@ OutputSize = Annotated[
     ),
     AfterValidator(check_size),
 ]
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def load_section(model: type[M], raw: Any) -> M:
-    """The handler's settings section as ``model``, validated once by the host or here."""
-    if isinstance(raw, model):
-        return raw
-    if isinstance(raw, BaseModel):
-        raw = raw.model_dump()
-    return model.model_validate(dict(raw or {}))
 
 
 class FaceSwapInput(HandlerInput):
@@ -183,10 +180,10 @@ class FaceSwapper:
         }
 
 
-def image_record(stored_url: str, stored_key: str, image: GeneratedImage) -> dict[str, Any]:
+def image_record(stored: StoredResult, image: GeneratedImage) -> dict[str, Any]:
     return {
-        "url": stored_url,
-        "key": stored_key,
+        "url": stored,
+        "key": stored.key,
         "content_type": image.content_type,
         "width": image.width,
         "height": image.height,
@@ -197,9 +194,10 @@ def extension(content_type: str) -> str:
     return {"image/png": "png", "image/webp": "webp"}.get(content_type, "jpg")
 
 
-class FaceSwapHandler(Handler):
+class FaceSwapHandler(Handler[FaceSwapInput, FaceSwapSettings]):
     """Seedream face swap of a masked image; CPU-side work only (the provider draws)."""
 
+    contract_version = CONTRACT_VERSION
     slug = "face-swap"
     resource = "cpu"
     input_model = FaceSwapInput
@@ -211,12 +209,12 @@ class FaceSwapHandler(Handler):
         "Returns a JPEG; size auto follows the input's aspect ratio."
     )
 
-    def __init__(self, env: HandlerEnv) -> None:
+    def __init__(self, env: HandlerEnv[FaceSwapSettings]) -> None:
         super().__init__(env)
-        self.config = load_section(FaceSwapSettings, env.settings)
+        self.config = env.settings
         self.seedream = SeedreamClient(
             self.config.ark,
-            http=env.http,
+            http=env.service_http,
             metrics=env.metrics,
             log=env.log,
             config_hint=f"handlers.options.{env.kind}.ark.api_key",
@@ -227,8 +225,8 @@ class FaceSwapHandler(Handler):
         """``ark`` is degraded without a key or after the provider refused it."""
         return {"ark": "healthy" if self.seedream.provider.healthy else "degraded"}
 
-    async def run(self, params: Any, ctx: JobContext) -> dict[str, Any]:
-        p = params if isinstance(params, FaceSwapInput) else FaceSwapInput.model_validate(params)
+    async def run(self, params: FaceSwapInput, ctx: JobContext) -> dict[str, Any]:
+        p = params
         watermark = self.config.watermark if p.watermark is None else p.watermark
         await ctx.progress(5, "fetching")
         masked_image, face_image = await asyncio.gather(
@@ -254,8 +252,8 @@ class FaceSwapHandler(Handler):
             name=f"face_swap.{extension(swap.image.content_type)}",
         )
         return {
-            "image_url": stored.url,
-            "image": image_record(stored.url, stored.key, swap.image),
+            "image_url": stored,
+            "image": image_record(stored, swap.image),
             "size": swap.size,
             "watermark": watermark,
             "usage": {"ark": swap.image.usage},

@@ -14,9 +14,17 @@ from typing import Any
 
 from pydantic import Field
 
+from shortdrama_worker.contract import (
+    CONTRACT_VERSION,
+    Handler,
+    HandlerEnv,
+    HandlerInput,
+    Health,
+    JobContext,
+)
+from shortdrama_worker.contract.fields import ImageRef
 from shortdrama_worker.faces.choice import DetectorName, Detectors, DetectorSettings
 from shortdrama_worker.faces.mask import draw_face_mask
-from shortdrama_worker.handlers.base import Handler, HandlerEnv, HandlerInput, Health, JobContext
 from shortdrama_worker.handlers.face_mask import select_face
 from shortdrama_worker.handlers.face_swap import (
     DEFAULT_SWAP_PROMPT,
@@ -25,9 +33,7 @@ from shortdrama_worker.handlers.face_swap import (
     extension,
     image_record,
     input_record,
-    load_section,
 )
-from shortdrama_worker.handlers.fields import ImageRef
 from shortdrama_worker.providers.seedream import SeedreamClient, SeedreamSettings
 
 
@@ -61,9 +67,10 @@ class FullFaceSwapSettings(DetectorSettings):
     prompt: str = Field(default=DEFAULT_SWAP_PROMPT, min_length=20, max_length=4000)
 
 
-class FullFaceSwapHandler(Handler):
+class FullFaceSwapHandler(Handler[FullFaceSwapInput, FullFaceSwapSettings]):
     """Detect → mask → Seedream swap, with the mask kept next to the result."""
 
+    contract_version = CONTRACT_VERSION
     slug = "full-face-swap"
     resource = "cpu"
     input_model = FullFaceSwapInput
@@ -74,12 +81,12 @@ class FullFaceSwapHandler(Handler):
         "Stores the masked image too and links it in the result."
     )
 
-    def __init__(self, env: HandlerEnv) -> None:
+    def __init__(self, env: HandlerEnv[FullFaceSwapSettings]) -> None:
         super().__init__(env)
-        self.config = c = load_section(FullFaceSwapSettings, env.settings)
+        self.config = c = env.settings
         self.seedream = SeedreamClient(
             c.ark,
-            http=env.http,
+            http=env.service_http,
             metrics=env.metrics,
             log=env.log,
             config_hint=f"handlers.options.{env.kind}.ark.api_key",
@@ -97,12 +104,8 @@ class FullFaceSwapHandler(Handler):
         }
         return {**checks, **self.detectors.health()}
 
-    async def run(self, params: Any, ctx: JobContext) -> dict[str, Any]:
-        p = (
-            params
-            if isinstance(params, FullFaceSwapInput)
-            else FullFaceSwapInput.model_validate(params)
-        )
+    async def run(self, params: FullFaceSwapInput, ctx: JobContext) -> dict[str, Any]:
+        p = params
         detector = self.detectors.choose(p.detector)
         watermark = self.config.watermark if p.watermark is None else p.watermark
 
@@ -148,10 +151,10 @@ class FullFaceSwapHandler(Handler):
             name=f"full_face_swap.{extension(swap.image.content_type)}",
         )
         return {
-            "image_url": stored.url,
-            "image": image_record(stored.url, stored.key, swap.image),
-            "mask_url": mask_stored.url,
-            "mask": {"url": mask_stored.url, "key": mask_stored.key},
+            "image_url": stored,
+            "image": image_record(stored, swap.image),
+            "mask_url": mask_stored,
+            "mask": {"url": mask_stored, "key": mask_stored.key},
             "face_index": p.face_index,
             "face_box": face.as_dict(),
             "faces_found": len(faces),

@@ -11,9 +11,9 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
-from shortdrama_worker.handlers.base import HandlerInput, JobContext
+from shortdrama_worker.contract import HandlerInput, JobContext
+from shortdrama_worker.contract.fields import ImageRef
 from shortdrama_worker.handlers.comfy_common import MAX_SEED, ComfyHandler, ImageInput
-from shortdrama_worker.handlers.fields import ImageRef
 
 MAX_IMAGES = 3
 

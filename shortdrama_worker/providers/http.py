@@ -30,7 +30,8 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from structlog.typing import FilteringBoundLogger
 
-from shortdrama_worker.errors import JobError, PermanentJobError, TransientJobError
+from shortdrama_worker.contract.context import PluginMetrics
+from shortdrama_worker.contract.errors import JobError, PermanentJobError, TransientJobError
 
 # Codes that a provider sends with 429 but that waiting cannot fix: a spending
 # cap set by the account owner, an exhausted quota or trial.
@@ -195,7 +196,7 @@ class ProviderClient:
         settings: ProviderSettings,
         *,
         http: aiohttp.ClientSession,
-        metrics: Any,
+        metrics: PluginMetrics | None,
         log: FilteringBoundLogger,
         config_hint: str,
     ) -> None:
@@ -224,8 +225,8 @@ class ProviderClient:
 
     def record_usage(self, unit: str, amount: float) -> None:
         """Count billable usage (tokens, images) on the provider usage counter."""
-        if amount > 0 and self._metrics is not None:
-            self._metrics.provider_usage.labels(provider=self.name, unit=unit).inc(amount)
+        if self._metrics is not None:
+            self._metrics.count_provider_usage(self.name, unit, amount)
 
     async def post_json(
         self, path: str, body: Mapping[str, Any], *, log: FilteringBoundLogger | None = None
@@ -357,11 +358,9 @@ class ProviderClient:
     def _observe(self, outcome: str, seconds: float) -> None:
         if self._metrics is None:
             return
-        self._metrics.provider_requests.labels(provider=self.name, status_class=outcome).observe(
-            seconds
+        self._metrics.observe_provider_call(
+            self.name, outcome, seconds, failed=outcome not in ("2xx", "3xx")
         )
-        if outcome not in ("2xx", "3xx"):
-            self._metrics.provider_errors.labels(provider=self.name, status_class=outcome).inc()
 
     def classify(self, status: int, body: bytes) -> JobError:
         """Turn a failed answer into the error the runner and the editor see."""

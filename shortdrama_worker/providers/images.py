@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from shortdrama_worker.errors import InputError
+from shortdrama_worker.contract.errors import InputError
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ import aiohttp
 from pydantic import Field
 from structlog.typing import FilteringBoundLogger
 
-from shortdrama_worker.errors import TransientJobError
+from shortdrama_worker.contract.context import PluginMetrics
+from shortdrama_worker.contract.errors import TransientJobError
 from shortdrama_worker.providers.http import ProviderClient, ProviderSettings
 from shortdrama_worker.providers.images import ImageLimits, decode_image
 
@@ -137,7 +138,7 @@ class SeedreamClient:
         settings: SeedreamSettings,
         *,
         http: aiohttp.ClientSession,
-        metrics: Any,
+        metrics: PluginMetrics | None,
         log: FilteringBoundLogger,
         config_hint: str,
     ) -> None:

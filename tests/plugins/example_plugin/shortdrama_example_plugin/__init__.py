@@ -13,7 +13,13 @@ from typing import Any
 
 from pydantic import Field
 
-from shortdrama_worker.handlers.base import Handler, HandlerInput, JobContext
+from shortdrama_worker.contract import (
+    CONTRACT_VERSION,
+    Handler,
+    HandlerInput,
+    JobContext,
+    NoSettings,
+)
 
 
 class EchoInput(HandlerInput):
@@ -21,7 +27,8 @@ class EchoInput(HandlerInput):
     delay_s: float = Field(default=0.0, ge=0, le=120, description="Work to pretend to do.")
 
 
-class EchoHandler(Handler):
+class EchoHandler(Handler[Any, NoSettings]):
+    contract_version = CONTRACT_VERSION
     resource = "cpu"
     input_model = EchoInput
     timeout_s = 300.0

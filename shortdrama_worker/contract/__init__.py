@@ -1,0 +1,60 @@
+"""The plugin contract: the one package a handler plugin imports.
+
+It imports nothing of the host (a check in the test suite keeps it so). A
+plugin subclasses ``Handler[InputT, SettingsT]``, declares its input with
+pydantic models and the field types here, fails with the errors here, and is
+tested with ``shortdrama_worker.contract.testing``. See ``docs/plugins.md``.
+"""
+
+from shortdrama_worker.contract.context import JobContext, PluginMetrics
+from shortdrama_worker.contract.errors import (
+    InputError,
+    InputUnavailableError,
+    JobError,
+    PermanentJobError,
+    TransientJobError,
+)
+from shortdrama_worker.contract.fields import (
+    IMAGE_TYPES,
+    FoundReference,
+    ImageRef,
+    Reference,
+    file_ref,
+    iter_references,
+)
+from shortdrama_worker.contract.handler import (
+    CONTRACT_VERSION,
+    Handler,
+    HandlerEnv,
+    HandlerInput,
+    NoSettings,
+)
+from shortdrama_worker.contract.sniff import sniff_content_type
+from shortdrama_worker.contract.values import FaceBox, FetchedInput, Health, Resource, StoredResult
+
+__all__ = [
+    "CONTRACT_VERSION",
+    "IMAGE_TYPES",
+    "FaceBox",
+    "FetchedInput",
+    "FoundReference",
+    "Handler",
+    "HandlerEnv",
+    "HandlerInput",
+    "Health",
+    "ImageRef",
+    "InputError",
+    "InputUnavailableError",
+    "JobContext",
+    "JobError",
+    "NoSettings",
+    "PermanentJobError",
+    "PluginMetrics",
+    "Reference",
+    "Resource",
+    "StoredResult",
+    "TransientJobError",
+    "file_ref",
+    "iter_references",
+    "sniff_content_type",
+]
