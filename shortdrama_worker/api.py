@@ -20,6 +20,7 @@ from shortdrama_worker.contract.fields import REFERENCE_CHECK
 from shortdrama_worker.inputs import parse_data_uri, reference_problem
 from shortdrama_worker.jobview import render_job
 from shortdrama_worker.openapi import build_openapi
+from shortdrama_worker.outcomes import CancelReason
 from shortdrama_worker.plugins import HandlerSpec
 from shortdrama_worker.queue import QueueError
 from shortdrama_worker.responses import error_response
@@ -280,7 +281,7 @@ async def cancel_job(request: web.Request) -> web.Response:
     except StoreError as exc:
         return error_response(503, "store_unavailable", f"task store unreachable: {exc}")
     # If it runs here, stop it now rather than at the next heartbeat.
-    request.app[keys.RUNNER].cancel_local(task_id, "cancelled")
+    request.app[keys.RUNNER].cancel_local(task_id, CancelReason.REQUESTED)
     request.app[keys.WEBHOOKS].schedule(task)  # only if it is already cancelled
     view = await render_job(task, _base_url(request), request.app[keys.RESULTS])
     return web.json_response(view, status=202)

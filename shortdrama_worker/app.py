@@ -165,7 +165,6 @@ async def _handlers(app: web.Application) -> AsyncIterator[None]:
                 policy=app[keys.ADDRESS_POLICY],
                 results_bucket=settings.results.bucket,
             ),
-            http=app[keys.HTTP],
             registry=app[keys.REGISTRY],
             handlers=handlers,
             metrics=metrics,

@@ -20,6 +20,7 @@ import time
 
 import structlog
 
+from shortdrama_worker.outcomes import CancelReason
 from shortdrama_worker.queue import JobMessage, JobQueue, QueueError
 from shortdrama_worker.runner import JobRunner
 from shortdrama_worker.settings import Resource, Settings
@@ -141,8 +142,7 @@ class Consumer:
             _, pending = await asyncio.wait(jobs, timeout=self.settings.consumer.shutdown_grace_s)
             if pending:
                 log.warning("grace_period_over", returning=len(pending))
-                for job in list(self.runner.running.values()):
-                    job.cancel("shutdown")
+                self.runner.cancel_all(CancelReason.SHUTDOWN)
                 await asyncio.gather(*pending, return_exceptions=True)
         await asyncio.gather(*self._loops, return_exceptions=True)
         self.running = False

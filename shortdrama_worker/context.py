@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-import aiohttp
 from PIL import Image
 from structlog.typing import FilteringBoundLogger
 
@@ -63,7 +62,6 @@ class RunContext:
         task: Task,
         owner: str,
         log: FilteringBoundLogger,
-        http: aiohttp.ClientSession,
         settings: Any,
         metrics: Metrics,
         store: TaskStore,
@@ -77,7 +75,6 @@ class RunContext:
         self.kind = task.job_type
         self.attempt = task.attempts
         self.log = log
-        self.http = http
         self.settings = settings
         self.metrics = metrics
         self._task = task

@@ -10,6 +10,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from shortdrama_worker import __version__
+from shortdrama_worker.outcomes import Outcome
 
 # GPU jobs run for seconds to many minutes; CPU jobs for fractions of a second.
 JOB_DURATION_BUCKETS = (
@@ -34,7 +35,7 @@ JOB_DURATION_BUCKETS = (
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
-OUTCOMES = ("completed", "failed", "retried", "cancelled", "returned")
+OUTCOMES = tuple(outcome.value for outcome in Outcome)
 
 
 class Metrics:
