@@ -338,7 +338,7 @@ async def ready(request: web.Request) -> web.Response:
         # Ready when every queue this instance consumes has a handler that can
         # run now; a GPU instance whose ComfyUI is down is not ready.
         for resource in consumer.resources:
-            if not consumer.resource_ready(resource):
+            if not app[keys.READINESS].ready(resource):
                 reasons.append(f"no {resource} handler can run now")
     if reasons:
         return web.json_response({"ready": False, "reasons": reasons}, status=503)

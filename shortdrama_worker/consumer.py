@@ -16,20 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 
 import structlog
 
+from shortdrama_worker.gates import Gates
+from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.outcomes import CancelReason
+from shortdrama_worker.plugins import Readiness
 from shortdrama_worker.queue import JobMessage, JobQueue, QueueError
 from shortdrama_worker.runner import JobRunner
 from shortdrama_worker.settings import Resource, Settings
-from shortdrama_worker.store import StaleTransition, StoreError
 
 log = structlog.get_logger("shortdrama_worker.consumer")
 
 _MAX_POLL_BACKOFF_S = 30.0
-_DEPTH_POLL_S = 15.0
 _NOT_READY_RECHECK_S = 2.0
 
 
@@ -69,14 +69,24 @@ class _Holding:
 class Consumer:
     """One poll loop per consumed resource class, feeding ``JobRunner``."""
 
-    def __init__(self, settings: Settings, queue: JobQueue, runner: JobRunner) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        queue: JobQueue,
+        runner: JobRunner,
+        *,
+        metrics: Metrics,
+        gates: Gates,
+        readiness: Readiness,
+    ) -> None:
         self.settings = settings
         self.queue = queue
         self.runner = runner
+        self.metrics = metrics
+        self.gates = gates
+        self.readiness = readiness
         self.resources: list[Resource] = [
-            r
-            for r in settings.consumer.consume
-            if any(spec.resource == r for spec in runner.registry)
+            r for r in settings.consumer.consume if readiness.serves(r)
         ]
         self._stopping = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
@@ -84,7 +94,6 @@ class Consumer:
         self.running = False
         self.draining = False
         self.last_poll_ok: bool | None = None
-        self.depths: dict[str, int] = {}
         self._holdings: list[_Holding] = []
 
     @property
@@ -92,16 +101,7 @@ class Consumer:
         """Healthy for the watchdog: draining on purpose, or every poll loop running."""
         if self.draining:
             return True
-        polls = [t for t in self._loops if t.get_name().startswith("poll-")]
-        return self.running and all(not t.done() for t in polls)
-
-    def resource_ready(self, resource: Resource) -> bool:
-        """Whether some handler for ``resource`` can take work now."""
-        return any(
-            self.runner.handlers[spec.kind].ready()
-            for spec in self.runner.registry
-            if spec.resource == resource and spec.kind in self.runner.handlers
-        )
+        return self.running and all(not t.done() for t in self._loops)
 
     @property
     def waiting(self) -> int:
@@ -116,9 +116,6 @@ class Consumer:
     def start(self) -> None:
         for resource in self.resources:
             self._loops.append(asyncio.create_task(self._poll(resource), name=f"poll-{resource}"))
-        self._loops.append(asyncio.create_task(self._watch_depth(), name="queue-depth"))
-        if self.settings.consumer.reconcile_interval_s:
-            self._loops.append(asyncio.create_task(self._reconcile(), name="reconcile"))
         self.running = True
         log.info("consumer_started", resources=self.resources)
 
@@ -128,11 +125,6 @@ class Consumer:
             return
         self.draining = True
         self._stopping.set()
-        # Background loops stop now; only the poll loops finish their long poll.
-        loops = [t for t in self._loops if t.get_name().startswith("poll-")]
-        for task in self._loops:
-            if task not in loops:
-                task.cancel()
         # The grace period runs while a long poll in progress finishes
         # (≤ wait_time_s) rather than being dropped: a dropped ReceiveMessage
         # leaves its messages invisible. What it brings is handed straight back.
@@ -155,10 +147,10 @@ class Consumer:
         prefetch = self.settings.consumer.prefetch.get(resource, 0) if capacity else 0
         holding = _Holding(capacity + prefetch)
         self._holdings.append(holding)
-        run_slots = asyncio.Semaphore(capacity)
+        run_slots = self.gates.run_slots[resource]
         failures = 0
         while not self._stopping.is_set():
-            if not self.resource_ready(resource):
+            if not self.readiness.ready(resource):
                 # e.g. ComfyUI is down: taking messages now would only burn
                 # their attempts. Leave them queued for a healthy instance.
                 with contextlib.suppress(TimeoutError):
@@ -178,7 +170,7 @@ class Consumer:
                 holding.release(wanted)
                 failures += 1
                 self.last_poll_ok = False
-                self.runner.metrics.sqs_errors.labels("receive").inc()
+                self.metrics.sqs_errors.labels("receive").inc()
                 delay = min(_MAX_POLL_BACKOFF_S, 0.5 * 2**failures)
                 log.warning("receive_failed", error=str(exc), retry_in_s=delay)
                 with contextlib.suppress(TimeoutError):
@@ -186,7 +178,7 @@ class Consumer:
                 continue
             holding.release(wanted - len(messages))
             if messages:
-                self.runner.metrics.messages_received.labels(resource).inc(len(messages))
+                self.metrics.messages_received.labels(resource).inc(len(messages))
             for message in messages:
                 if self._stopping.is_set():
                     holding.release()
@@ -251,44 +243,6 @@ class Consumer:
         finally:
             run_slots.release()
 
-    async def reconcile_once(self) -> int:
-        """Re-queue jobs whose message was lost; returns how many.
-
-        A message can be lost where a write succeeded but its answer did not
-        arrive (PutItem timing out after it landed), or where SQS's redrive
-        moved it to the DLQ while its job was still pending. A duplicate
-        message is harmless (claims are conditional), so erring towards
-        re-sending is safe.
-        """
-        store = self.runner.store
-        before = time.time() - self.settings.consumer.stale_after_s
-        # Only kinds served here: another instance serves (and re-queues) the rest.
-        kinds = sorted(self.runner.handlers)
-        requeued = 0
-        for status in ("pending", "processing"):
-            for task in await store.orphans(status, before, kinds):
-                try:
-                    await store.claim_orphan(task.task_id, before)
-                except StaleTransition:
-                    continue  # not an orphan after all, or another instance won
-                resource = self.runner.registry.by_kind[task.job_type].resource
-                await self.queue.send(resource, task.task_id, task.job_type)
-                log.warning("orphan_requeued", job_id=task.task_id, status=status)
-                requeued += 1
-        return requeued
-
-    async def _reconcile(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.consumer.reconcile_interval_s)
-            try:
-                await self.reconcile_once()
-            except (StoreError, QueueError) as exc:
-                log.warning("reconcile_failed", error=str(exc))
-            except Exception:
-                # A background loop must not die on one bad record: the
-                # watchdog would take the whole process down with it.
-                log.exception("reconcile_crashed")
-
     async def _acquire_or_stop(
         self, slots: asyncio.Semaphore, *, timeout: float | None = None
     ) -> bool | None:
@@ -319,24 +273,3 @@ class Consumer:
         if won:
             return True
         return False if self._stopping.is_set() else None
-
-    async def _watch_depth(self) -> None:
-        """Export queue and DLQ depth from SQS attributes for dashboards and alerts."""
-        metrics = self.runner.metrics
-        while True:
-            for resource in self.resources:
-                for dlq in (False, True):
-                    name = (
-                        self.settings.dlq_name(resource)
-                        if dlq
-                        else self.settings.queue_name(resource)
-                    )
-                    try:
-                        visible, invisible = await self.queue.depth(resource, dlq=dlq)
-                    except QueueError:
-                        metrics.sqs_errors.labels("attributes").inc()
-                        continue
-                    metrics.queue_depth.labels(name).set(visible)
-                    self.depths[name] = visible
-                    metrics.queue_in_flight.labels(name).set(invisible)
-            await asyncio.sleep(_DEPTH_POLL_S)

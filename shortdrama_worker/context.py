@@ -1,11 +1,10 @@
-"""The host's side of the handler contract: ``JobContext`` and the GPU slots."""
+"""The host's side of the handler contract: one job's ``JobContext``."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from PIL import Image
@@ -21,36 +20,11 @@ from shortdrama_worker.contract import (
     sniff_content_type,
 )
 from shortdrama_worker.faces.boxes import FaceDetector
+from shortdrama_worker.gates import GpuSlots
 from shortdrama_worker.inputs import InputFetcher
 from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.results import ResultStore, ResultStoreError
 from shortdrama_worker.store import StaleTransition, StoreError, Task, TaskStore
-
-
-class GpuSlots:
-    """The GPU semaphore: ``slots`` permits shared by every GPU job of the process."""
-
-    def __init__(self, slots: int, metrics: Metrics) -> None:
-        self.slots = slots
-        self._sem = asyncio.Semaphore(slots)
-        self._metrics = metrics
-        self.in_use = 0
-        metrics.gpu_slots.set(slots)
-
-    @asynccontextmanager
-    async def hold(self, kind: str) -> AsyncIterator[None]:
-        started = time.monotonic()
-        async with self._sem:
-            acquired = time.monotonic()
-            self._metrics.gpu_wait.labels(kind).observe(acquired - started)
-            self.in_use += 1
-            self._metrics.gpu_slots_in_use.set(self.in_use)
-            try:
-                yield
-            finally:
-                self.in_use -= 1
-                self._metrics.gpu_slots_in_use.set(self.in_use)
-                self._metrics.gpu_busy.inc(time.monotonic() - acquired)
 
 
 class RunContext:

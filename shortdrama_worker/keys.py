@@ -7,10 +7,13 @@ from aiohttp import web
 
 from shortdrama_worker.aws import AwsClients
 from shortdrama_worker.consumer import Consumer
+from shortdrama_worker.depth import QueueDepthExporter
+from shortdrama_worker.gates import Gates
 from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.netguard import AddressPolicy
-from shortdrama_worker.plugins import AnyHandler, HandlerRegistry
+from shortdrama_worker.plugins import AnyHandler, HandlerRegistry, Readiness
 from shortdrama_worker.queue import JobQueue
+from shortdrama_worker.reconcile import Reconciler
 from shortdrama_worker.results import ResultStore
 from shortdrama_worker.runner import JobRunner
 from shortdrama_worker.settings import Settings
@@ -32,3 +35,7 @@ RESULTS = web.AppKey("results", ResultStore)
 RUNNER = web.AppKey("runner", JobRunner)
 WEBHOOKS = web.AppKey("webhooks", WebhookSender)
 CONSUMER = web.AppKey[Consumer | None]("consumer")
+GATES = web.AppKey("gates", Gates)
+READINESS = web.AppKey("readiness", Readiness)
+RECONCILER = web.AppKey("reconciler", Reconciler)
+DEPTH = web.AppKey("queue_depth", QueueDepthExporter)

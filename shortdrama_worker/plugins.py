@@ -137,3 +137,22 @@ def contract_problem(declared: object) -> str | None:
             f"{CONTRACT_VERSION}; install a version of the plugin built for {host_major}.x"
         )
     return None
+
+
+class Readiness:
+    """Which resources this process serves, and whether a handler for one can work now."""
+
+    def __init__(self, registry: HandlerRegistry, handlers: Mapping[str, AnyHandler]) -> None:
+        self._registry = registry
+        self._handlers = handlers
+
+    def serves(self, resource: Resource) -> bool:
+        return any(spec.resource == resource for spec in self._registry)
+
+    def ready(self, resource: Resource) -> bool:
+        """Whether some handler for ``resource`` can take work now (ComfyUI up, say)."""
+        return any(
+            self._handlers[spec.kind].ready()
+            for spec in self._registry
+            if spec.resource == resource and spec.kind in self._handlers
+        )

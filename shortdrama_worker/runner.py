@@ -14,7 +14,6 @@ The order of writes is what makes a job end exactly once:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from dataclasses import dataclass, field
@@ -23,9 +22,10 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from shortdrama_worker.context import GpuSlots, RunContext
+from shortdrama_worker.context import RunContext
 from shortdrama_worker.contract.errors import JobError, PermanentJobError, TransientJobError
 from shortdrama_worker.faces.boxes import FaceDetector
+from shortdrama_worker.gates import Gates
 from shortdrama_worker.inputs import InputFetcher
 from shortdrama_worker.jobview import files_of, freeze_result
 from shortdrama_worker.metrics import Metrics
@@ -81,7 +81,7 @@ class JobRunner:
         registry: HandlerRegistry,
         handlers: dict[str, AnyHandler],
         metrics: Metrics,
-        gpu_slots: GpuSlots,
+        gates: Gates,
         webhooks: WebhookSender,
         faces: FaceDetector | None = None,
     ) -> None:
@@ -95,14 +95,12 @@ class JobRunner:
         self.registry = registry
         self.handlers = handlers
         self.metrics = metrics
-        self.gpu_slots = gpu_slots
+        self.gates = gates
         self.webhooks = webhooks
         self.settler = Settler(
             owner=owner, store=store, queue=queue, webhooks=webhooks, metrics=metrics
         )
         self.running: dict[str, RunningJob] = {}
-        caps = settings.consumer.kind_concurrency
-        self._kind_caps = {kind: asyncio.Semaphore(n) for kind, n in caps.items()}
 
     @property
     def lease_s(self) -> float:
@@ -269,7 +267,7 @@ class JobRunner:
             store=self.store,
             results=self.results,
             fetcher=self.fetcher,
-            gpu_slots=self.gpu_slots,
+            gpu_slots=self.gates.gpu,
             progress_interval_s=self.settings.consumer.progress_min_interval_s,
             faces=self.faces,
         )
@@ -281,10 +279,9 @@ class JobRunner:
             params = handler.input_model.model_validate(task.input)
         except ValidationError as exc:
             raise PermanentJobError(f"input no longer valid: {exc}", code="invalid_input") from None
-        cap = self._kind_caps.get(task.job_type)
         # Waiting for the per-kind cap is not the handler's time: it stays
         # outside the timeout, or queued jobs would fail without running.
-        async with cap if cap is not None else contextlib.nullcontext():
+        async with self.gates.kind_cap(task.job_type):
             try:
                 async with asyncio.timeout(timeout_s):
                     return await handler.run(params, ctx)

@@ -351,10 +351,9 @@ async def test_a_job_whose_message_was_lost_is_requeued_and_completes(
     fresh = time.time()
     await store.create(Task("young-pending", "scripted", "pending", fresh, fresh, input={}))
 
-    consumer = app[keys.CONSUMER]
-    assert consumer is not None
-    assert await consumer.reconcile_once() == 2
-    assert await consumer.reconcile_once() == 0, "a re-queued job is not re-queued again at once"
+    reconciler = app[keys.RECONCILER]
+    assert await reconciler.reconcile_once() == 2
+    assert await reconciler.reconcile_once() == 0, "a re-queued job is not re-queued again at once"
     for job_id in ("orphan-pending", "orphan-running"):
         assert (await wait_for(client, job_id))["status"] == "completed"
     assert (await store.get("young-pending")).status == "pending"
