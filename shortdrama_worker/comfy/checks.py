@@ -20,16 +20,21 @@ from shortdrama_worker.comfy.capabilities import Missing, missing, model_folders
 from shortdrama_worker.comfy.pool import ComfyServer
 from shortdrama_worker.comfy.workflows import Workflow
 
-log = structlog.get_logger("shortdrama_worker.comfy")
+_log = structlog.get_logger("shortdrama_worker.comfy")
 
 
 class ServerChecks:
     """What each server lacks for the templates ``templates()`` returns, by template name."""
 
     def __init__(
-        self, kind: str, templates: Callable[[], Mapping[str, Workflow]], metrics: Any
+        self,
+        kind: str,
+        templates: Callable[[], Mapping[str, Workflow]],
+        metrics: Any,
+        log: Any = None,
     ) -> None:
         self.kind = kind
+        self.log: Any = log if log is not None else _log
         self.templates = templates
         self.metrics = metrics
         self._cache: dict[str, tuple[tuple[int, int], dict[str, list[Missing]]]] = {}
@@ -78,7 +83,7 @@ class ServerChecks:
             return
         if found:
             for name, items in found.items():
-                log.warning(
+                self.log.warning(
                     "comfyui_cannot_run",
                     kind=self.kind,
                     server=server.name,
@@ -87,7 +92,7 @@ class ServerChecks:
                     missing=summary(items),
                 )
         elif before:
-            log.info("comfyui_can_run", kind=self.kind, server=server.name)
+            self.log.info("comfyui_can_run", kind=self.kind, server=server.name)
 
     def problems(self, servers: Sequence[ComfyServer]) -> list[str]:
         """Each server that is down or lacks something, in words."""

@@ -31,7 +31,7 @@ from shortdrama_worker.comfy.watch import PromptRun, WithdrawCallback
 from shortdrama_worker.errors import PermanentJobError
 
 PROVIDER = "comfyui"
-log = structlog.get_logger("shortdrama_worker.comfy")
+_log = structlog.get_logger("shortdrama_worker.comfy")
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,11 @@ class ComfyClient:
         *,
         options: ComfyClientOptions | None = None,
         metrics: Any = None,
+        log: Any = None,
     ) -> None:
         self.base_url = URL(base_url.rstrip("/"))
+        self.log: Any = log if log is not None else _log
+        """Where this server's log lines go (the handler's logger, bound to its kind)."""
         self.http = http
         self.options = options or ComfyClientOptions()
         self.metrics = metrics
@@ -297,7 +300,7 @@ class ComfyClient:
         await self._json("POST", "/interrupt", json={"prompt_id": prompt_id})
         # Every interrupt is logged: an operator who sees a prompt stop in
         # ComfyUI's own log can tell it was us, and which job it was.
-        log.info("comfyui_interrupt_sent", prompt_id=prompt_id, base_url=str(self.base_url))
+        self.log.info("comfyui_interrupt_sent", prompt_id=prompt_id, base_url=str(self.base_url))
 
     async def cancel_quietly(self, prompt_id: str) -> bool:
         """``cancel`` that never raises and is bounded in time; returns whether it went through."""

@@ -97,7 +97,7 @@ class ComfyServer:
         if up:
             down_for = None if self._down_since is None else time.monotonic() - self._down_since
             self._down_since = None
-            log.info(
+            self.client.log.info(
                 "comfyui_up",
                 server=self.name,
                 base_url=self.base_url,
@@ -105,7 +105,7 @@ class ComfyServer:
             )
         else:
             self._down_since = time.monotonic()
-            log.warning(
+            self.client.log.warning(
                 "comfyui_down",
                 server=self.name,
                 base_url=self.base_url,
@@ -155,7 +155,7 @@ class ComfyServer:
             try:
                 await self.refresh()
             except Exception:  # a dead probe would freeze the state at its last value
-                log.exception("comfyui_probe_crashed", server=self.name)
+                self.client.log.exception("comfyui_probe_crashed", server=self.name)
 
     def take(self) -> None:
         self.in_use += 1
@@ -217,13 +217,16 @@ class ServerPool:
         options: ComfyClientOptions,
         metrics: Any,
         interval_s: float,
+        log: Any = None,
     ) -> list[ComfyServer]:
         """The servers for one handler, created on first use; each is probed in the background."""
         servers = []
         for config in configs:
             server = self.servers.get(config.base_url)
             if server is None:
-                client = ComfyClient(config.base_url, http, options=options, metrics=metrics)
+                client = ComfyClient(
+                    config.base_url, http, options=options, metrics=metrics, log=log
+                )
                 server = ComfyServer(config, client, metrics, self)
                 self.servers[config.base_url] = server
             self._users[config.base_url] = self._users.get(config.base_url, 0) + 1

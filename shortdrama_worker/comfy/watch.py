@@ -29,7 +29,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import structlog
 
 from shortdrama_worker.comfy.errors import (
     ComfyInterruptedError,
@@ -56,7 +55,6 @@ if TYPE_CHECKING:
 # a full poll interval, because the GPU slot is held until then.
 _AFTER_TERMINAL_POLL_S = 0.25
 _MAX_MSG_BYTES = 64 * 1024 * 1024
-log = structlog.get_logger("shortdrama_worker.comfy")
 
 
 ProgressCallback = Callable[[Progress], Awaitable[None]]
@@ -135,7 +133,7 @@ class PromptRun:
         started = time.monotonic()
         outcome = await self._left(options.interrupt_wait_s)
         if outcome is None:
-            log.warning(
+            self.client.log.warning(
                 "comfyui_interrupt_not_honoured",
                 prompt_id=self.prompt_id,
                 base_url=str(self.client.base_url),
@@ -145,7 +143,7 @@ class PromptRun:
             await self._tell("stuck")
             outcome = await self._left(None)
             outcome = "late" if outcome == "left" else outcome
-            log.info(
+            self.client.log.info(
                 "comfyui_prompt_left",
                 prompt_id=self.prompt_id,
                 base_url=str(self.client.base_url),
@@ -174,7 +172,7 @@ class PromptRun:
             try:
                 await self.on_withdraw(outcome)
             except Exception:  # reporting must not keep the slot from being released
-                log.exception("comfyui_withdraw_report_failed", outcome=outcome)
+                self.client.log.exception("comfyui_withdraw_report_failed", outcome=outcome)
 
     async def submit(self) -> None:
         """``POST /prompt`` with this run's client id and prompt id."""

@@ -209,6 +209,8 @@ class ComfyHandler(Handler):
     async def startup(self) -> None:
         """Check the templates' markers, then what each server can run (being down is not fatal)."""
         self.config = self.load_config()
+        # Taken with the load, so an edit made while start-up goes on is not missed.
+        files = workflow_files(self.config.workflow_dir)
         self.load_workflows()
         self.pool = pool_for(self.env.http)
         self.servers = self.pool.attach(
@@ -217,13 +219,16 @@ class ComfyHandler(Handler):
             options=self.config.client_options(),
             metrics=self.env.metrics,
             interval_s=self.config.health_interval_s,
+            log=self.env.log,
         )
-        self.checks = ServerChecks(self.env.kind, self.templates, self.env.metrics)
+        self.checks = ServerChecks(self.env.kind, self.templates, self.env.metrics, self.env.log)
         await self.checks.refresh(self.servers)
         self.ready()  # logs what each server lacks, at start-up rather than at the first job
         self._reload = asyncio.Event()
         self.pool.on_reload(self._reload.set)
-        self._watch = asyncio.create_task(self._watch_workflows(), name=f"{self.env.kind}-flows")
+        self._watch = asyncio.create_task(
+            self._watch_workflows(files), name=f"{self.env.kind}-flows"
+        )
 
     def templates(self) -> Mapping[str, Workflow]:
         """Every template this handler may run, by name (checked against each server)."""
@@ -236,9 +241,8 @@ class ComfyHandler(Handler):
         workflow.require(sorted(self.required_markers), who=self.env.kind)
         self.workflow = workflow
 
-    async def _watch_workflows(self) -> None:
+    async def _watch_workflows(self, seen: tuple[tuple[str, int, int], ...]) -> None:
         """Reload the templates when their files change, or on SIGHUP."""
-        seen = workflow_files(self.config.workflow_dir)
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._reload.wait(), self.config.health_interval_s)
@@ -248,6 +252,7 @@ class ComfyHandler(Handler):
             if not requested and now == seen:
                 continue
             seen = now
+            # Read before the load, as above: an edit after it is seen next time.
             try:
                 self.load_workflows(reload=True)
             except WorkflowError as exc:

@@ -291,6 +291,15 @@ class FakeComfyUI:
         return self._running.prompt_id if self._running else None
 
     @property
+    def running_node(self) -> str | None:
+        """The node the running prompt executes now."""
+        return self._current_node
+
+    async def wait_node(self, node_id: str, timeout: float = 5.0) -> None:
+        """Until the running prompt reaches ``node_id``."""
+        await self.wait_until(lambda: self._current_node == node_id, timeout)
+
+    @property
     def pending_prompt_ids(self) -> list[str]:
         return [item.prompt_id for item in sorted(self._pending)]
 
@@ -719,6 +728,7 @@ class FakeComfyUI:
             class_type = node["class_type"]
             spec = NODE_SPECS[class_type]
             self._current_node = node_id
+            self._notify()
             await self._progress_state(target, pid, node_id, "running")
             await event("executing", {"node": node_id, "display_node": node_id, "prompt_id": pid})
             if spec.sampler:
