@@ -66,6 +66,8 @@ class ComfyServer:
         self.metrics = metrics
         self.pool = pool
         self.in_use = 0
+        self.expected = 0
+        """Jobs that uploaded here and wait for a slot (see ``ServerPool.pick``)."""
         self.caps: Capabilities | None = None
         self.caps_version = 0
         """Bumped whenever ``caps`` changes, so users recompute what is missing."""
@@ -273,7 +275,15 @@ class ServerPool:
         able = [s for s in servers if s.up and can_run(s)]
         if not able:
             return None
-        return min(able, key=lambda s: (s.in_use / s.slots, -s.free))
+        # Count the jobs already headed there, or a burst of jobs picking at
+        # once would all upload to the first server and most would switch.
+        chosen = min(able, key=lambda s: ((s.in_use + s.expected) / s.slots, -s.free))
+        chosen.expected += 1
+        return chosen
+
+    def unpick(self, server: ComfyServer) -> None:
+        """A job that ``pick`` sent to ``server`` will not ask ``lease`` for it after all."""
+        server.expected = max(0, server.expected - 1)
 
     @asynccontextmanager
     async def lease(
@@ -289,7 +299,11 @@ class ServerPool:
         Raises ``ComfyUnavailableError`` once no able server is up: waiting for
         a dead server would only burn the job's time limit.
         """
-        server = await self._acquire(servers, can_run, prefer)
+        try:
+            server = await self._acquire(servers, can_run, prefer)
+        finally:
+            if prefer is not None:
+                self.unpick(prefer)
         lease = Lease(server)
         held_from = time.monotonic()
         try:

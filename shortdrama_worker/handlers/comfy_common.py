@@ -96,7 +96,10 @@ class ComfySettings(BaseModel):
     reconnect_attempts: int = Field(default=8, ge=1, le=100)
     reconnect_backoff_max_s: float = Field(default=5.0, gt=0)
     health_interval_s: float = Field(
-        default=15.0, gt=0, description="How often /system_stats is probed for /ready."
+        default=15.0,
+        gt=0,
+        description="How often each server's health, node types and models are probed; "
+        "also how often workflow_dir is checked for changes.",
     )
     workflow_dir: Path | None = Field(
         default=None,
@@ -345,23 +348,13 @@ class ComfyHandler(Handler):
 
         # Refused before anything is fetched or uploaded.
         target, can_run = await self._where(workflow)
-        image_list = list(images)
-        mark = time.monotonic()
-        decoded = await asyncio.gather(
-            *(ctx.fetch_image(item.ref, field=item.field) for item in image_list)
-        )
-        mark = phase("fetch", mark)
-        pngs = await asyncio.gather(*(asyncio.to_thread(_png, image) for image in decoded))
-        uploads = await self._upload_all(ctx, target, image_list, pngs)
-        graph_values: dict[str, Scalar] = dict(values)
-        for item, upload in zip(image_list, uploads, strict=True):
-            graph_values[item.marker] = upload
-        if workflow.has("filename_prefix"):
-            prefix = _safe_name(ctx.job_id)
-            sub = self.config.upload_subfolder
-            graph_values["filename_prefix"] = f"{sub}/{prefix}" if sub else prefix
-        graph = workflow.render(graph_values, omit=omit)
-        mark = phase("upload", mark)
+        try:
+            graph, pngs, image_list = await self._prepare(
+                ctx, workflow, target, images, values, omit, phase
+            )
+        except BaseException:
+            self.pool.unpick(target)
+            raise
         # Visible while the job waits for a free server, however short the wait.
         await ctx.progress(_PROGRESS_UPLOADED, "queued")
 
@@ -427,6 +420,36 @@ class ComfyHandler(Handler):
             "server": server.name,
             "timings": timings,
         }
+
+    async def _prepare(
+        self,
+        ctx: JobContext,
+        workflow: Workflow,
+        target: ComfyServer,
+        images: Iterable[ImageInput],
+        values: Mapping[str, Scalar],
+        omit: Iterable[str],
+        phase: Callable[[str, float], float],
+    ) -> tuple[dict[str, Any], list[bytes], list[ImageInput]]:
+        """Fetch the inputs, upload them to ``target``, render the graph (outside any slot)."""
+        image_list = list(images)
+        mark = time.monotonic()
+        decoded = await asyncio.gather(
+            *(ctx.fetch_image(item.ref, field=item.field) for item in image_list)
+        )
+        mark = phase("fetch", mark)
+        pngs = list(await asyncio.gather(*(asyncio.to_thread(_png, image) for image in decoded)))
+        uploads = await self._upload_all(ctx, target, image_list, pngs)
+        graph_values: dict[str, Scalar] = dict(values)
+        for item, upload in zip(image_list, uploads, strict=True):
+            graph_values[item.marker] = upload
+        if workflow.has("filename_prefix"):
+            prefix = _safe_name(ctx.job_id)
+            sub = self.config.upload_subfolder
+            graph_values["filename_prefix"] = f"{sub}/{prefix}" if sub else prefix
+        graph = workflow.render(graph_values, omit=omit)
+        phase("upload", mark)
+        return graph, pngs, image_list
 
     @staticmethod
     def _progress_report(ctx: JobContext) -> Callable[[Progress], Awaitable[None]]:
