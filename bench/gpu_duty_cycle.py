@@ -18,6 +18,11 @@ storing a result (S3 in production) take ``--fetch-s`` and ``--store-s``.
 "Busy" is the time the simulated ComfyUI spent executing prompts. The duty
 cycle is busy ÷ wall, reported over the whole batch (ramp-up and tail
 included) and at saturation (first execution start → last execution end).
+
+``--servers N`` (N > 1) measures several ComfyUI servers per daemon instead:
+a mixed load (camera-angle and qwen-image-edit jobs alternating), ``2 × N``
+jobs in flight, one slot per server, and per-server duty cycles, beside the
+same load on one server from the same run.
 """
 
 from __future__ import annotations
@@ -160,6 +165,96 @@ async def run_old(args: argparse.Namespace, image: bytes) -> Outcome:
         return _outcome("old", args.jobs_old, wall, comfy.executions)
 
 
+async def run_servers(args: argparse.Namespace, image: bytes, count: int) -> list[Outcome]:
+    """A mixed load on ``count`` fake servers; one ``Outcome`` per server, then the total."""
+    import contextlib
+
+    import aiohttp
+    from fakes.comfyui import FakeComfyUI, Script
+
+    from shortdrama_worker.contract.testing import FakeJobContext, GpuGate, data_uri, make_env
+    from shortdrama_worker.handlers.camera_angle import CameraAngleHandler, CameraAngleInput
+    from shortdrama_worker.handlers.comfy_common import ComfySettings
+    from shortdrama_worker.handlers.qwen_edit import QwenEditHandler, QwenEditInput
+    from shortdrama_worker.metrics import Metrics
+
+    async with contextlib.AsyncExitStack() as stack:
+        fakes = [
+            await stack.enter_async_context(
+                FakeComfyUI(
+                    default=Script(exec_s=args.exec_s),
+                    upload_latency_s=args.upload_s,
+                    view_latency_s=args.download_s,
+                )
+            )
+            for _ in range(count)
+        ]
+        http = await stack.enter_async_context(aiohttp.ClientSession())
+        servers = [{"name": f"gpu{i}", "base_url": f.url} for i, f in enumerate(fakes)]
+        settings = ComfySettings(servers=servers)  # type: ignore[arg-type]
+        metrics = Metrics()
+        handlers = []
+        kinds = (("comfy_camera_angle", CameraAngleHandler), ("qwen_edit", QwenEditHandler))
+        for kind, cls in kinds:
+            env = make_env(cls, settings, kind=kind, service_http=http, metrics=metrics)
+            handler = cls(env)
+            await handler.startup()
+            handlers.append(handler)
+        gate = GpuGate(slots=count)
+        in_flight = asyncio.Semaphore(args.concurrency * count)
+        camera = CameraAngleInput(image=data_uri(image), move="rotate_right", degrees=45)
+        edit = QwenEditInput(images=[data_uri(image)], prompt="Make it night")
+
+        async def job(index: int) -> None:
+            async with in_flight:
+                kind = ("comfy_camera_angle", "qwen_edit")[index % 2]
+                ctx = FakeJobContext(
+                    job_id=f"bench-{index}", kind=kind, http=http, gate=gate, metrics=metrics,
+                    fetch_latency_s=args.fetch_s, store_latency_s=args.store_s,
+                )  # fmt: skip
+                params: Any = camera if index % 2 == 0 else edit
+                await handlers[index % 2].run(params, ctx)
+
+        jobs = args.jobs * count
+        started = time.monotonic()
+        await asyncio.gather(*(job(i) for i in range(jobs)))
+        wall = time.monotonic() - started
+        for handler in handlers:
+            await handler.shutdown()
+        outcomes = [
+            _outcome(f"gpu{i}", len(f.executions), wall, f.executions) for i, f in enumerate(fakes)
+        ]
+        everything = [e for f in fakes for e in f.executions]
+        total = _outcome(f"{count} srv", jobs, wall, everything)
+        total.busy_s /= count  # per GPU, so the duty cycle stays a fraction
+        total.saturated_wall_s = max(o.saturated_wall_s for o in outcomes)
+        return [*outcomes, total]
+
+
+def _print_servers(args: argparse.Namespace, runs: list[list[Outcome]]) -> None:
+    print(
+        f"simulated ComfyUI: {args.exec_s:g} s/prompt per server; mixed load (camera-angle, "
+        f"qwen-image-edit); {args.concurrency} jobs in flight per server, 1 slot per server"
+    )
+    header = (
+        f"{'server':<9}{'jobs':>6}{'wall s':>9}{'busy s':>9}"
+        f"{'duty':>8}{'duty@sat':>10}{'jobs/min':>10}"
+    )
+    print(header)
+    print("-" * len(header))
+    for outcomes in runs:
+        for outcome in outcomes:
+            print(
+                f"{outcome.name:<9}{outcome.jobs:>6}{outcome.wall_s:>9.2f}{outcome.busy_s:>9.2f}"
+                f"{outcome.duty:>8.1%}{outcome.saturated_duty:>10.1%}{outcome.jobs_per_min:>10.2f}"
+            )
+    many, one = runs[0][-1], runs[1][-1]
+    print(
+        f"ratio {many.name}/1 srv: throughput x{many.jobs_per_min / one.jobs_per_min:.2f}, "
+        f"per-GPU duty cycle x{many.duty / one.duty:.2f}"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--exec-s", type=float, default=2.5, help="execution time per prompt")
@@ -171,11 +266,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs-old", type=int, default=8, help="jobs for the old design")
     parser.add_argument("--concurrency", type=int, default=2, help="our jobs in flight")
     parser.add_argument("--poll-s", type=float, default=2.0, help="old design's poll period")
+    parser.add_argument(
+        "--servers", type=int, default=1, help="ComfyUI servers (N > 1: per-server duty cycle)"
+    )
     return parser
 
 
 async def _main(args: argparse.Namespace) -> None:
     image = _input_png()
+    if args.servers > 1:
+        several = await run_servers(args, image, args.servers)
+        single = await run_servers(args, image, 1)
+        _print_servers(args, [several, single])
+        return
     ours = await run_ours(args, image)
     old = await run_old(args, image)
     print(

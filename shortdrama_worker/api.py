@@ -6,7 +6,8 @@ import hashlib
 import json
 import time
 import uuid
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 import structlog
@@ -315,15 +316,33 @@ async def health(request: web.Request) -> web.Response:
     consumer = app[keys.CONSUMER]
     if consumer is not None and consumer.resources:
         checks["sqs"] = "degraded" if consumer.last_poll_ok is False else "healthy"
+    details: dict[str, list[str]] = {}
     for kind, handler in app[keys.HANDLERS].items():
         try:
             for name, state in (await handler.health()).items():
                 checks[name] = state if checks.get(name) != "degraded" else "degraded"
+            for name, text in _explain(handler).items():
+                if text not in details.setdefault(name, []):
+                    details[name].append(text)
         except Exception as exc:
             log.warning("health_check_failed", kind=kind, error=str(exc))
             checks[kind] = "degraded"
     status = "healthy" if all(v == "healthy" for v in checks.values()) else "degraded"
-    return web.json_response({"status": status, "checks": checks})
+    body: dict[str, Any] = {"status": status, "checks": checks}
+    if details:
+        body["details"] = {name: "; ".join(texts) for name, texts in details.items()}
+    return web.json_response(body)
+
+
+@runtime_checkable
+class _Explains(Protocol):
+    """A handler that can say in words what its health and readiness found wrong."""
+
+    def explain(self) -> Mapping[str, str]: ...
+
+
+def _explain(handler: object) -> Mapping[str, str]:
+    return handler.explain() if isinstance(handler, _Explains) else {}
 
 
 async def ready(request: web.Request) -> web.Response:
@@ -340,6 +359,11 @@ async def ready(request: web.Request) -> web.Response:
         for resource in consumer.resources:
             if not app[keys.READINESS].ready(resource):
                 reasons.append(f"no {resource} handler can run now")
+    # A served kind that cannot run (its jobs are held) makes the instance
+    # not ready too, with the reason: e.g. the model files its ComfyUI lacks.
+    for kind, handler in app[keys.HANDLERS].items():
+        if not handler.ready() and (why := _explain(handler)):
+            reasons.append(f"{kind}: " + "; ".join(why.values()))
     if reasons:
         return web.json_response({"ready": False, "reasons": reasons}, status=503)
     return web.json_response({"ready": True})

@@ -60,6 +60,7 @@ class RunContext:
         self._progress_interval = progress_interval_s
         self._faces = faces
         self._last_progress = 0.0
+        self._last_stage: str | None = None
         self.primary: StoredResult | None = None
         self.stored: list[StoredResult] = []
 
@@ -122,9 +123,14 @@ class RunContext:
 
     async def progress(self, percent: float, stage: str | None = None) -> None:
         now = time.monotonic()
-        if percent < 100 and now - self._last_progress < self._progress_interval:
-            return  # progress is advisory; the store is not a message bus
+        same_stage = stage is None or stage == self._last_stage
+        if percent < 100 and same_stage and now - self._last_progress < self._progress_interval:
+            # Progress is advisory; the store is not a message bus. A new stage
+            # always goes through: there are few, and each tells the user something.
+            return
         self._last_progress = now
+        if stage is not None:
+            self._last_stage = stage
         try:
             await self._store.set_progress(
                 self.job_id, self._owner, max(0.0, min(100.0, percent)), stage

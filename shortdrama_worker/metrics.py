@@ -2,7 +2,8 @@
 
 The registry is injected so each application (and each test) has its own.
 Labels stay bounded: ``kind``, ``resource``, ``outcome``, ``phase``,
-``provider``, ``status_class``, ``queue``, ``operation``. Ids go to logs, never here.
+``provider``, ``status_class``, ``queue``, ``operation``, ``server`` (a configured
+ComfyUI server's name or index). Ids go to logs, never here.
 """
 
 from __future__ import annotations
@@ -163,6 +164,43 @@ class Metrics:
             "shortdrama_provider_usage_total",
             "Billable provider usage (tokens, images) by provider and unit.",
             ["provider", "unit"],
+            registry=r,
+        )
+        # One ComfyUI per GPU: each server's state, load and trouble on its own.
+        self.comfy_server_up = Gauge(
+            "shortdrama_comfyui_server_up",
+            "1 while the ComfyUI server answers, 0 while it is down.",
+            ["server"],
+            registry=r,
+        )
+        self.comfy_slots_in_use = Gauge(
+            "shortdrama_comfyui_slots_in_use",
+            "Slots of the ComfyUI server held by jobs (or by a prompt that ignored an interrupt).",
+            ["server"],
+            registry=r,
+        )
+        self.comfy_busy = Counter(
+            "shortdrama_comfyui_busy_seconds",
+            "Seconds the ComfyUI server's slots were held, added at release.",
+            ["server"],
+            registry=r,
+        )
+        self.comfy_missing = Gauge(
+            "shortdrama_comfyui_missing_requirements",
+            "Node types, model files and choices a kind's templates need that the server lacks.",
+            ["server", "kind"],
+            registry=r,
+        )
+        self.comfy_interrupts = Counter(
+            "shortdrama_comfyui_interrupts",
+            "Interrupts sent, by whether ComfyUI left the prompt in time (honoured, late, lost).",
+            ["server", "outcome"],
+            registry=r,
+        )
+        self.comfy_unhonoured = Gauge(
+            "shortdrama_comfyui_unhonoured_interrupts",
+            "Prompts running past interrupt_wait_s after an interrupt; their slot stays held.",
+            ["server"],
             registry=r,
         )
         self.http_requests = Histogram(

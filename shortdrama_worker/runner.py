@@ -48,6 +48,9 @@ from shortdrama_worker.webhooks import WebhookSender
 
 log = structlog.get_logger("shortdrama_worker.runner")
 
+# How long a message for a kind whose handler is not ready stays hidden.
+_HELD_VISIBILITY_S = 30
+
 
 @dataclass
 class RunningJob:
@@ -150,6 +153,15 @@ class JobRunner:
             # it to the DLQ if none does.
             log.warning("kind_not_served_here")
             await self.queue.set_visibility(message, 30)
+            return
+        if not handler.ready():
+            # Held, not claimed: e.g. no ComfyUI here has this kind's models
+            # while other kinds of the same queue run. Claiming would spend an
+            # attempt on a job that cannot run; another instance, or this one
+            # once ready, takes it (the reconciler re-sends it if SQS's
+            # redrive moves it to the DLQ meanwhile).
+            log.info("job_held_handler_not_ready")
+            await self.queue.set_visibility(message, _HELD_VISIBILITY_S)
             return
         # Claim first, read only on refusal: the common path is one write.
         try:

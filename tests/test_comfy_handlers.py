@@ -250,6 +250,7 @@ async def test_workflow_override_from_a_directory_is_used(
         graph["99"] = graph.pop("15")  # ids may change; titles carry the meaning
 
     _copy_template("camera_angle", tmp_path / "flows", studio_lora)
+    comfy.models["loras"].append("studio_angles_v2.safetensors")  # the studio installed it
     handler = await make_handler(
         CameraAngleHandler,
         "comfy_camera_angle",

@@ -1,8 +1,10 @@
 """ComfyUI integration: async client (HTTP + WebSocket, ComfyUI v0.8) and workflow templates.
 
-Import graph: ``protocol`` and ``errors`` depend on nothing here; ``watch``
-follows a prompt using them; ``client`` makes the calls and hands out
-``watch.PromptRun``; ``workflows`` is independent of all of them.
+Import graph: ``protocol``, ``errors`` and ``workflows`` depend on nothing
+here; ``progress`` reads events; ``watch`` follows a prompt using them;
+``client`` makes the calls and hands out ``watch.PromptRun``;
+``capabilities`` checks templates against a server; ``pool`` holds the
+servers (one per GPU), their slots, health and capabilities.
 """
 
 from shortdrama_worker.comfy.client import ComfyClient, ComfyClientOptions, UploadedImage
@@ -13,8 +15,9 @@ from shortdrama_worker.comfy.errors import (
     ComfyRejectedError,
     ComfyUnavailableError,
 )
+from shortdrama_worker.comfy.progress import Progress
 from shortdrama_worker.comfy.protocol import OutputImage
-from shortdrama_worker.comfy.watch import Progress, PromptRun
+from shortdrama_worker.comfy.watch import PromptRun
 
 __all__ = [
     "ComfyClient",

@@ -17,20 +17,22 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import structlog
 from yarl import URL
 
 from shortdrama_worker.comfy.errors import ComfyUnavailableError, rejection_error
 from shortdrama_worker.comfy.protocol import OutputImage, PromptState, queue_state
-from shortdrama_worker.comfy.watch import PromptRun
+from shortdrama_worker.comfy.watch import PromptRun, WithdrawCallback
 from shortdrama_worker.contract.context import PluginMetrics
 from shortdrama_worker.contract.errors import PermanentJobError
 
 PROVIDER = "comfyui"
+_log = structlog.get_logger("shortdrama_worker.comfy")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,10 @@ class ComfyClientOptions:
     history_wait_s: float = 10.0
     """How long a finished prompt may take to appear in ``/history``."""
     cancel_timeout_s: float = 5.0
+    interrupt_wait_s: float = 30.0
+    """After ``/interrupt``, how long ComfyUI may take to leave the prompt before
+    the job says so (the slot is held until it does leave)."""
+    interrupt_poll_s: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -79,13 +85,31 @@ class ComfyClient:
         *,
         options: ComfyClientOptions | None = None,
         metrics: PluginMetrics | None = None,
+        log: Any = None,
     ) -> None:
         self.base_url = URL(base_url.rstrip("/"))
+        self.log: Any = log if log is not None else _log
+        """Where this server's log lines go (the handler's logger, bound to its kind)."""
         self.http = http
         self.options = options or ComfyClientOptions()
         self.metrics = metrics
-        self.reachable: bool | None = None
+        self._reachable: bool | None = None
+        self.last_error: str | None = None
+        """Why the last failed call failed (for the down/up log lines)."""
+        self.on_reachability: Callable[[bool], None] | None = None
+        """Called when ``reachable`` flips, e.g. to log ComfyUI going down or coming back."""
+
+    @property
+    def reachable(self) -> bool | None:
         """Outcome of the last call: ``None`` before the first, then whether ComfyUI answered."""
+        return self._reachable
+
+    @reachable.setter
+    def reachable(self, value: bool | None) -> None:
+        changed = value is not None and value != self._reachable
+        self._reachable = value
+        if changed and self.on_reachability is not None:
+            self.on_reachability(bool(value))
 
     # -- requests -----------------------------------------------------------------
 
@@ -110,9 +134,11 @@ class ComfyClient:
                 status = response.status
                 content_type = response.content_type
         except TimeoutError as exc:
+            self.last_error = f"timeout on {method} {path}"
             self._failed("timeout", started)
             raise ComfyUnavailableError(f"ComfyUI timed out on {method} {path}") from exc
         except aiohttp.ClientError as exc:
+            self.last_error = f"{method} {path}: {exc}"
             self._failed("connection", started)
             raise ComfyUnavailableError(
                 f"ComfyUI unreachable at {self.base_url} ({method} {path}): {exc}"
@@ -120,6 +146,7 @@ class ComfyClient:
         status_class = f"{status // 100}xx"
         self._observe(status_class, started, failed=status >= 400)
         if status >= 500:
+            self.last_error = f"{status} on {method} {path}"
             self.reachable = False
             raise ComfyUnavailableError(
                 f"ComfyUI answered {status} on {method} {path}: {body[:300]!r}",
@@ -264,6 +291,9 @@ class ComfyClient:
         """
         await self._json("POST", "/queue", json={"delete": [prompt_id]})
         await self._json("POST", "/interrupt", json={"prompt_id": prompt_id})
+        # Every interrupt is logged: an operator who sees a prompt stop in
+        # ComfyUI's own log can tell it was us, and which job it was.
+        self.log.info("comfyui_interrupt_sent", prompt_id=prompt_id, base_url=str(self.base_url))
 
     async def cancel_quietly(self, prompt_id: str) -> bool:
         """``cancel`` that never raises and is bounded in time; returns whether it went through."""
@@ -283,6 +313,22 @@ class ComfyClient:
             raise self._client_error(status, "/system_stats", body)
         return body
 
+    async def object_info(self) -> Mapping[str, Any]:
+        """``GET /object_info``: every node type the server has, with its inputs."""
+        status, body = await self._json("GET", "/object_info")
+        if status != 200 or not isinstance(body, Mapping):
+            raise self._client_error(status, "/object_info", body)
+        return body
+
+    async def models(self, folder: str) -> list[str] | None:
+        """``GET /models/{folder}``: file names in a model folder; ``None`` if no such folder."""
+        status, body = await self._json("GET", f"/models/{folder}")
+        if status == 404:
+            return None
+        if status != 200 or not isinstance(body, list):
+            raise self._client_error(status, f"/models/{folder}", body)
+        return [str(name) for name in body]
+
     async def healthy(self) -> bool:
         """Whether ``/system_stats`` answers sensibly right now."""
         try:
@@ -296,6 +342,14 @@ class ComfyClient:
         scheme = "wss" if self.base_url.scheme == "https" else "ws"
         return (self.base_url / "ws").with_scheme(scheme).with_query(clientId=client_id)
 
-    def prompt_run(self, graph: Mapping[str, Any], *, prompt_id: str | None = None) -> PromptRun:
+    def prompt_run(
+        self,
+        graph: Mapping[str, Any],
+        *,
+        prompt_id: str | None = None,
+        on_withdraw: WithdrawCallback | None = None,
+    ) -> PromptRun:
         """A run of ``graph`` under a fresh client id; see :class:`PromptRun`."""
-        return PromptRun(self, graph, prompt_id=prompt_id or str(uuid.uuid4()))
+        return PromptRun(
+            self, graph, prompt_id=prompt_id or str(uuid.uuid4()), on_withdraw=on_withdraw
+        )

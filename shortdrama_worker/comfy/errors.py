@@ -9,6 +9,7 @@ title, because that is what an operator searches for in the workflow editor.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +18,8 @@ from shortdrama_worker.contract.errors import PermanentJobError, TransientJobErr
 # Execution errors that say nothing about the graph or its inputs: the same job
 # will likely succeed once the GPU has room again.
 _TRANSIENT_EXCEPTIONS = ("OutOfMemoryError", "OOM", "CUDA out of memory", "CUBLAS_STATUS_ALLOC")
+# How ComfyUI names the node in a graph-level error's ``details`` ("Node ID '#3'").
+_NODE_ID_RE = re.compile(r"Node ID '#?([^']+)'")
 
 
 class ComfyUnavailableError(TransientJobError):
@@ -63,6 +66,23 @@ class ComfyTransientExecutionError(TransientJobError):
     code = "comfyui_out_of_memory"
 
 
+class ComfyCannotRunError(TransientJobError):
+    """No ComfyUI server has what the template needs (node types, model files).
+
+    Transient for a handler with one template: its jobs are held while this
+    lasts (the handler is not ready), and one that slipped through comes back
+    once an operator has installed what is missing.
+    """
+
+    code = "comfyui_missing_requirements"
+
+
+class ComfyWorkflowCannotRunError(PermanentJobError):
+    """The named operator workflow needs something no server has; other workflows run."""
+
+    code = "comfyui_missing_requirements"
+
+
 def describe_node(
     node_id: str, graph: Mapping[str, Any] | None, class_type: str | None = None
 ) -> str:
@@ -100,8 +120,15 @@ def rejection_error(body: Any, graph: Mapping[str, Any] | None) -> ComfyRejected
     error = body.get("error")
     if not problems and isinstance(error, Mapping):
         # invalid_prompt / missing_node_type / prompt_no_outputs carry no node_errors;
-        # the node, when there is one, is only in ``details`` ("Node ID '#3'").
-        problems.append(_format_error(error))
+        # the node, when there is one, is only in ``details`` ("Node ID '#3'"):
+        # name it as the template does, title included, so it can be found.
+        found = _NODE_ID_RE.search(_str(error.get("details")) or "")
+        text = _format_error(error)
+        if found is not None:
+            node_id = found.group(1)
+            nodes.append(node_id)
+            text = f"{describe_node(node_id, graph)}: {_str(error.get('message')) or text}"
+        problems.append(text)
     elif not problems:
         problems.append(str(error or "invalid workflow")[:500])
     return ComfyRejectedError("ComfyUI rejected the workflow: " + " | ".join(problems), nodes=nodes)

@@ -25,7 +25,6 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +37,7 @@ from shortdrama_worker.comfy.errors import (
     ComfyUnavailableError,
     execution_error,
 )
+from shortdrama_worker.comfy.progress import NodeProgress, Progress
 from shortdrama_worker.comfy.protocol import (
     TERMINAL_EVENTS,
     Event,
@@ -57,20 +57,9 @@ _AFTER_TERMINAL_POLL_S = 0.25
 _MAX_MSG_BYTES = 64 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class Progress:
-    """A ``progress`` event: ``value`` of ``max`` steps done in ``node``."""
-
-    value: float
-    max: float
-    node: str | None
-
-    @property
-    def fraction(self) -> float:
-        return min(1.0, max(0.0, self.value / self.max)) if self.max > 0 else 0.0
-
-
 ProgressCallback = Callable[[Progress], Awaitable[None]]
+WithdrawCallback = Callable[[str], Awaitable[None]]
+"""Told how a withdrawal went: ``honoured``, ``stuck``, then ``late``, or ``lost``."""
 
 
 class PromptRun:
@@ -85,12 +74,25 @@ class PromptRun:
 
     Leaving the block with an exception (``CancelledError`` included) while
     the prompt is queued or running withdraws it from ComfyUI — queue delete
-    plus ``/interrupt`` for this prompt id — shielded from the cancellation, so
-    a cancelled or timed-out job never leaves the GPU busy behind it.
+    plus ``/interrupt`` for this prompt id — shielded from the cancellation,
+    and then waits until ComfyUI has really left the prompt: a node that never
+    checks for interrupts keeps the GPU busy, and the slot must say so. Past
+    ``interrupt_wait_s`` the wait goes on, but ``on_withdraw("stuck")`` lets
+    the job show it; ``withdrawal`` is the waiting task, for a caller whose
+    own wait is cut short (shutdown) to keep its slot until it ends.
     """
 
-    def __init__(self, client: ComfyClient, graph: Mapping[str, Any], *, prompt_id: str) -> None:
+    def __init__(
+        self,
+        client: ComfyClient,
+        graph: Mapping[str, Any],
+        *,
+        prompt_id: str,
+        on_withdraw: WithdrawCallback | None = None,
+    ) -> None:
         self.client = client
+        self.on_withdraw = on_withdraw
+        self.withdrawal: asyncio.Task[None] | None = None
         self.graph = graph
         self.prompt_id = prompt_id
         self.client_id = uuid.uuid4().hex
@@ -119,9 +121,58 @@ class PromptRun:
             if exc is not None and self._maybe_queued and not self._finished:
                 # Shielded: the task may be mid-cancellation, and an interrupt that
                 # never reaches ComfyUI leaves the GPU working for nobody.
-                self.cancel_sent = await asyncio.shield(self.client.cancel_quietly(self.prompt_id))
+                self.withdrawal = asyncio.ensure_future(self._withdraw())
+                await asyncio.shield(self.withdrawal)
         finally:
             await self._close()
+
+    async def _withdraw(self) -> None:
+        """Interrupt the prompt, then wait until ComfyUI has left it."""
+        self.cancel_sent = await self.client.cancel_quietly(self.prompt_id)
+        options = self.client.options
+        started = time.monotonic()
+        outcome = await self._left(options.interrupt_wait_s)
+        if outcome is None:
+            self.client.log.warning(
+                "comfyui_interrupt_not_honoured",
+                prompt_id=self.prompt_id,
+                base_url=str(self.client.base_url),
+                waited_s=round(time.monotonic() - started, 1),
+                hint="a node that does not check for interrupts; the slot stays held",
+            )
+            await self._tell("stuck")
+            outcome = await self._left(None)
+            outcome = "late" if outcome == "left" else outcome
+            self.client.log.info(
+                "comfyui_prompt_left",
+                prompt_id=self.prompt_id,
+                base_url=str(self.client.base_url),
+                after_s=round(time.monotonic() - started, 1),
+                outcome=outcome,
+            )
+        await self._tell("honoured" if outcome == "left" else str(outcome))
+
+    async def _left(self, within_s: float | None) -> str | None:
+        """``left`` once the prompt is neither queued nor running, ``lost`` if the
+        server stopped answering (a dead ComfyUI runs nothing), ``None`` on time-out."""
+        deadline = None if within_s is None else time.monotonic() + within_s
+        while True:
+            try:
+                state, _ = await self.client.prompt_state(self.prompt_id)
+            except (ComfyUnavailableError, PermanentJobError):
+                return "lost"
+            if state in ("finished", "unknown"):
+                return "left"
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(self.client.options.interrupt_poll_s)
+
+    async def _tell(self, outcome: str) -> None:
+        if self.on_withdraw is not None:
+            try:
+                await self.on_withdraw(outcome)
+            except Exception:  # reporting must not keep the slot from being released
+                self.client.log.exception("comfyui_withdraw_report_failed", outcome=outcome)
 
     async def submit(self) -> None:
         """``POST /prompt`` with this run's client id and prompt id."""
@@ -153,6 +204,7 @@ class PromptRun:
         next_connect = 0.0
         last_heard = time.monotonic()
         terminal_seen = False
+        tracker = NodeProgress(self.graph)
         while True:
             now = time.monotonic()
             if self._ws is None:
@@ -212,13 +264,12 @@ class PromptRun:
                 terminal_seen = True
             elif event.type in TERMINAL_EVENTS:
                 terminal_seen = True
-            elif event.type == "execution_start" or event.type == "executing":
-                if self.started_at is None:
+            else:
+                if event.type != "execution_cached" and self.started_at is None:
                     self.started_at = time.monotonic()
-            elif event.type == "progress" and on_progress is not None:
-                if self.started_at is None:
-                    self.started_at = time.monotonic()
-                await on_progress(_progress(event))
+                update = tracker.feed(event)
+                if update is not None and on_progress is not None:
+                    await on_progress(update)
 
     def _backoff(self, failures: int) -> float:
         options = self.client.options
@@ -294,14 +345,3 @@ def _decode(data: str) -> Event | None:
         return parse_event(json.loads(data))
     except ValueError:
         return None
-
-
-def _progress(event: Event) -> Progress:
-    value = event.data.get("value")
-    maximum = event.data.get("max")
-    node = event.data.get("node")
-    return Progress(
-        value=float(value) if isinstance(value, int | float) else 0.0,
-        max=float(maximum) if isinstance(maximum, int | float) else 0.0,
-        node=str(node) if node is not None else None,
-    )

@@ -16,14 +16,15 @@ one by file stem. Inputs follow the marker convention of
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
-from shortdrama_worker.comfy.workflows import Scalar, Workflow, load_directory
-from shortdrama_worker.contract import HandlerInput, JobContext
-from shortdrama_worker.contract.errors import PermanentJobError
+from shortdrama_worker.comfy.errors import ComfyWorkflowCannotRunError
+from shortdrama_worker.comfy.workflows import Scalar, Workflow, WorkflowError, load_directory
+from shortdrama_worker.contract import HandlerInput, JobContext, JobError, PermanentJobError
 from shortdrama_worker.contract.fields import ImageRef
 from shortdrama_worker.handlers.comfy_common import (
     MAX_SEED,
@@ -79,6 +80,8 @@ class ComfyWorkflowHandler(ComfyHandler):
     slug: ClassVar[str | None] = "comfy-workflow"
     input_model: ClassVar[type[BaseModel]] = ComfyWorkflowInput
     settings_model: ClassVar[type[BaseModel]] = ComfyWorkflowSettings
+    # Other workflows still run; a job for this one is refused before any upload.
+    cannot_run_error: ClassVar[type[JobError]] = ComfyWorkflowCannotRunError
     description: ClassVar[str] = (
         "Run one of the operator's ComfyUI workflows by name with named image and value inputs."
     )
@@ -102,13 +105,43 @@ class ComfyWorkflowHandler(ComfyHandler):
         self.workflows = {}
         await super().startup()
 
-    def load_workflows(self) -> None:
+    def templates(self) -> Mapping[str, Workflow]:
+        return self.workflows
+
+    def load_workflows(self, *, reload: bool = False) -> None:
+        """Every template in the directory; at start-up a bad one stops it.
+
+        On a reload a bad file is logged and its previous version (if any)
+        kept, so one half-saved file does not take the other workflows away.
+        """
         if not self.enabled:
             return
         assert self.config.workflow_dir is not None
-        self.workflows = load_directory(Path(self.config.workflow_dir))
+        directory = Path(self.config.workflow_dir)
+        if not reload:
+            self.workflows = load_directory(directory)
+        else:
+            self.workflows = self._reload_directory(directory)
         if not self.workflows:
             self.env.log.warning("comfy_workflow_dir_empty", dir=str(self.config.workflow_dir))
+
+    def _reload_directory(self, directory: Path) -> dict[str, Workflow]:
+        if not directory.is_dir():
+            raise WorkflowError(f"workflow directory not found: {directory}")
+        loaded: dict[str, Workflow] = {}
+        for path in sorted(directory.glob("*.json")):
+            try:
+                loaded[path.stem] = Workflow.load(path)
+            except WorkflowError as exc:
+                previous = self.workflows.get(path.stem)
+                self.env.log.error(
+                    "comfy_workflow_reload_failed",
+                    error=str(exc),
+                    kept="previous" if previous is not None else "none",
+                )
+                if previous is not None:
+                    loaded[path.stem] = previous
+        return loaded
 
     async def run(self, params: Any, ctx: JobContext) -> dict[str, Any]:
         """Check the inputs against the template's markers, then run it."""

@@ -24,7 +24,15 @@ real ComfyUI 0.8.0. Faithful where a client can tell:
   no body stops whatever runs, always 200; ``POST /queue {"delete": [...]}``
   removes pending prompts;
 * ``/upload/image``, ``/view``, ``/queue``, ``/system_stats``, ``/prompt`` (GET),
-  all also under ``/api``.
+  all also under ``/api``;
+* ``GET /object_info`` (every node type the fake knows, or the subset given as
+  ``nodes``), ``GET /models`` and ``GET /models/{folder}`` as ComfyUI 0.3.64
+  serves them (``server.py`` ``node_info``/``get_models``, unchanged in 0.8):
+  classic combo inputs as ``[[choice, ...], {...}]``, model loader inputs
+  listing the installed files of their folder, ``/models/{folder}`` a flat list
+  of file names or a bare 404 for an unknown folder. ``POST /prompt`` checks
+  loader values against the installed files (``value_not_in_list``), as
+  ComfyUI does; installed files default to what the packaged templates load.
 
 Scriptable per prompt through :class:`Script` (execution time, node errors,
 a node failing at run time, dropping every WebSocket mid-run and refusing
@@ -69,6 +77,32 @@ class Spec:
     combos: Mapping[str, list[str]] = field(default_factory=dict)
     output_node: bool = False
     sampler: bool = False
+    models: Mapping[str, str] = field(default_factory=dict)
+    """Inputs whose choices are the files of a model folder."""
+    category: str = "image"
+
+
+# What the packaged templates load; installed unless a test says otherwise.
+PACKAGED_MODELS: dict[str, list[str]] = {
+    "diffusion_models": ["qwen_image_edit_2509_fp8_e4m3fn.safetensors"],
+    "text_encoders": ["qwen_2.5_vl_7b_fp8_scaled.safetensors"],
+    "vae": ["qwen_image_vae.safetensors"],
+    "loras": [
+        "Qwen-Image-Edit-2509-Lightning-4steps-V1.0-bf16.safetensors",
+        "镜头转换.safetensors",
+    ],
+}
+# ``folder_paths.folder_names_and_paths`` keys of ComfyUI 0.3.64 (``GET /models``).
+MODEL_FOLDERS = [
+    "checkpoints", "configs", "loras", "vae", "text_encoders", "diffusion_models",
+    "clip_vision", "style_models", "embeddings", "diffusers", "vae_approx", "controlnet",
+    "gligen", "upscale_models", "latent_upscale_models", "custom_nodes", "hypernetworks",
+    "photomaker", "classifiers", "model_patches", "audio_encoders",
+]  # fmt: skip
+WEIGHT_DTYPES = ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
+CLIP_TYPES = ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv",
+              "pixart", "cosmos", "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2",
+              "qwen_image", "hunyuan_image"]  # fmt: skip
 
 
 NODE_SPECS: dict[str, Spec] = {
@@ -76,12 +110,25 @@ NODE_SPECS: dict[str, Spec] = {
     "LoadImageMask": Spec(required=("image", "channel")),
     "SaveImage": Spec(required=("images", "filename_prefix"), output_node=True),
     "PreviewImage": Spec(required=("images",), output_node=True),
-    "UNETLoader": Spec(required=("unet_name", "weight_dtype")),
-    "CLIPLoader": Spec(required=("clip_name", "type")),
-    "VAELoader": Spec(required=("vae_name",)),
+    "UNETLoader": Spec(
+        required=("unet_name", "weight_dtype"),
+        combos={"weight_dtype": WEIGHT_DTYPES},
+        models={"unet_name": "diffusion_models"},
+        category="advanced/loaders",
+    ),
+    "CLIPLoader": Spec(
+        required=("clip_name", "type"),
+        optional=("device",),
+        combos={"type": CLIP_TYPES, "device": ["default", "cpu"]},
+        models={"clip_name": "text_encoders"},
+        category="advanced/loaders",
+    ),
+    "VAELoader": Spec(required=("vae_name",), models={"vae_name": "vae"}, category="loaders"),
     "LoraLoaderModelOnly": Spec(
         required=("model", "lora_name", "strength_model"),
         bounds={"strength_model": (-100.0, 100.0)},
+        models={"lora_name": "loras"},
+        category="loaders",
     ),
     "ModelSamplingAuraFlow": Spec(required=("model", "shift"), bounds={"shift": (0.0, 100.0)}),
     "CFGNorm": Spec(required=("model", "strength"), bounds={"strength": (0.0, 100.0)}),
@@ -137,6 +184,8 @@ class Script:
     """Node that raises while executing (``execution_error``)."""
     exception_type: str = "RuntimeError"
     exception_message: str = "boom"
+    uninterruptible: bool = False
+    """The sampler node does not check for interrupts: it runs to its end first."""
     drop_ws_at: float | None = None
     """Fraction of ``exec_s`` after which every WebSocket is closed by the server."""
     refuse_ws_s: float = 0.0
@@ -181,8 +230,16 @@ class FakeComfyUI:
         view_latency_s: float = 0.0,
         host: str = "127.0.0.1",
         port: int = 0,
+        models: Mapping[str, list[str]] | None = None,
+        nodes: set[str] | None = None,
     ) -> None:
         self.default = default or Script()
+        self.models: dict[str, list[str]] = {
+            k: list(v) for k, v in (PACKAGED_MODELS if models is None else models).items()
+        }
+        """Installed model files by folder (change them while running, as an operator would)."""
+        self.nodes: set[str] = set(NODE_SPECS) if nodes is None else set(nodes)
+        """Node types installed (custom nodes missing from a server are left out here)."""
         self.scripts: deque[Script] = deque()
         """Consumed one per accepted prompt, in submission order; then ``default``."""
         self.upload_latency_s = upload_latency_s
@@ -234,6 +291,15 @@ class FakeComfyUI:
         return self._running.prompt_id if self._running else None
 
     @property
+    def running_node(self) -> str | None:
+        """The node the running prompt executes now."""
+        return self._current_node
+
+    async def wait_node(self, node_id: str, timeout: float = 5.0) -> None:
+        """Until the running prompt reaches ``node_id``."""
+        await self.wait_until(lambda: self._current_node == node_id, timeout)
+
+    @property
     def pending_prompt_ids(self) -> list[str]:
         return [item.prompt_id for item in sorted(self._pending)]
 
@@ -258,6 +324,9 @@ class FakeComfyUI:
             app.router.add_post(prefix + "/upload/image", self._upload_image)
             app.router.add_get(prefix + "/view", self._view)
             app.router.add_get(prefix + "/system_stats", self._system_stats)
+            app.router.add_get(prefix + "/object_info", self._object_info)
+            app.router.add_get(prefix + "/models", self._model_folders)
+            app.router.add_get(prefix + "/models/{folder}", self._model_files)
         app.router.add_get("/ws", self._ws)
         app.middlewares.append(self._middleware)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
@@ -344,7 +413,7 @@ class FakeComfyUI:
         script = self.scripts.popleft() if self.scripts else self.default
         for node_id, node in prompt.items():
             class_type = node.get("class_type") if isinstance(node, dict) else None
-            if class_type not in NODE_SPECS:
+            if class_type not in self.nodes:
                 return _error(
                     400,
                     "invalid_prompt",
@@ -363,7 +432,7 @@ class FakeComfyUI:
                 "node_errors": [],
             }
             return web.json_response(response, status=400)
-        node_errors = _validate(prompt, self.inputs)
+        node_errors = _validate(prompt, self.inputs, self.models)
         for node_id, errors in (script.node_errors or {}).items():
             node_errors.setdefault(
                 node_id,
@@ -519,6 +588,20 @@ class FakeComfyUI:
             }
         )
 
+    async def _object_info(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {name: _node_info(name, NODE_SPECS[name], self.models) for name in sorted(self.nodes)}
+        )
+
+    async def _model_folders(self, request: web.Request) -> web.Response:
+        return web.json_response(MODEL_FOLDERS)
+
+    async def _model_files(self, request: web.Request) -> web.Response:
+        folder = request.match_info["folder"]
+        if folder not in MODEL_FOLDERS:
+            return web.Response(status=404)
+        return web.json_response(sorted(self.models.get(folder, [])))
+
     # -- WebSocket --------------------------------------------------------------------
 
     async def _ws(self, request: web.Request) -> web.StreamResponse:
@@ -645,6 +728,7 @@ class FakeComfyUI:
             class_type = node["class_type"]
             spec = NODE_SPECS[class_type]
             self._current_node = node_id
+            self._notify()
             await self._progress_state(target, pid, node_id, "running")
             await event("executing", {"node": node_id, "display_node": node_id, "prompt_id": pid})
             if spec.sampler:
@@ -653,7 +737,7 @@ class FakeComfyUI:
                 for step in range(1, steps + 1):
                     await asyncio.sleep(sampler_s / steps)
                     await maybe_drop()
-                    if self._interrupt:
+                    if self._interrupt and not script.uninterruptible:
                         break
                     await event(
                         "progress", {"value": step, "max": steps, "prompt_id": pid, "node": node_id}
@@ -840,7 +924,9 @@ def _topological(prompt: Mapping[str, Any], outputs: list[str]) -> list[str]:
     return order
 
 
-def _validate(prompt: Mapping[str, Any], inputs: Mapping[str, bytes]) -> dict[str, dict[str, Any]]:
+def _validate(
+    prompt: Mapping[str, Any], inputs: Mapping[str, bytes], models: Mapping[str, list[str]]
+) -> dict[str, dict[str, Any]]:
     """Per-node validation errors, shaped like ComfyUI's ``node_errors``."""
     node_errors: dict[str, dict[str, Any]] = {}
     for node_id, node in prompt.items():
@@ -879,12 +965,13 @@ def _validate(prompt: Mapping[str, Any], inputs: Mapping[str, bytes]) -> dict[st
                     errors.append(
                         _range_error("value_bigger_than_max", "bigger than max", name, value, high)
                     )
-            if name in spec.combos and value not in spec.combos[name]:
+            choices = _choices(spec, name, models)
+            if choices is not None and value not in choices:
                 errors.append(
                     {
                         "type": "value_not_in_list",
                         "message": "Value not in list",
-                        "details": f"{name}: '{value}' not in {spec.combos[name]}",
+                        "details": f"{name}: '{value}' not in {choices}",
                         "extra_info": {"input_name": name, "received_value": value},
                     }
                 )
@@ -904,6 +991,48 @@ def _validate(prompt: Mapping[str, Any], inputs: Mapping[str, bytes]) -> dict[st
                 "class_type": node["class_type"],
             }
     return node_errors
+
+
+def _choices(spec: Spec, name: str, models: Mapping[str, list[str]]) -> list[str] | None:
+    if name in spec.models:
+        return sorted(models.get(spec.models[name], []))
+    return spec.combos.get(name)
+
+
+def _input_spec(spec: Spec, name: str, models: Mapping[str, list[str]]) -> list[Any]:
+    """One input as ``/object_info`` describes it (the classic, pre-v3 shapes)."""
+    choices = _choices(spec, name, models)
+    if choices is not None:
+        return [choices, {}] if name in spec.models else [choices]
+    if name in spec.bounds:
+        low, high = spec.bounds[name]
+        kind = "INT" if isinstance(low, int) and isinstance(high, int) else "FLOAT"
+        return [kind, {"default": low, "min": low, "max": high}]
+    if name in ("prompt", "filename_prefix"):
+        return ["STRING", {"multiline": name == "prompt"}]
+    return [name.upper().rstrip("0123456789")]
+
+
+def _node_info(name: str, spec: Spec, models: Mapping[str, list[str]]) -> dict[str, Any]:
+    """A ``GET /object_info`` entry as ComfyUI 0.3.64's ``node_info`` builds it."""
+    required = {i: _input_spec(spec, i, models) for i in spec.required}
+    optional = {i: _input_spec(spec, i, models) for i in spec.optional}
+    inputs: dict[str, Any] = {"required": required}
+    if optional:
+        inputs["optional"] = optional
+    return {
+        "input": inputs,
+        "input_order": {group: list(values) for group, values in inputs.items()},
+        "output": [] if spec.output_node else ["IMAGE"],
+        "output_is_list": [] if spec.output_node else [False],
+        "output_name": [] if spec.output_node else ["IMAGE"],
+        "name": name,
+        "display_name": name,
+        "description": "",
+        "python_module": "nodes",
+        "category": spec.category,
+        "output_node": spec.output_node,
+    }
 
 
 def _range_error(kind: str, words: str, name: str, value: float, bound: float) -> dict[str, Any]:
