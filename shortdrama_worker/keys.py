@@ -16,6 +16,7 @@ from shortdrama_worker.results import ResultStore
 from shortdrama_worker.runner import JobRunner
 from shortdrama_worker.settings import Settings
 from shortdrama_worker.store import TaskStore
+from shortdrama_worker.watch import JobWatch
 from shortdrama_worker.webhooks import WebhookSender
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -33,3 +34,6 @@ RESULTS = web.AppKey("results", ResultStore)
 RUNNER = web.AppKey("runner", JobRunner)
 WEBHOOKS = web.AppKey("webhooks", WebhookSender)
 CONSUMER = web.AppKey[Consumer | None]("consumer")
+WATCH = web.AppKey("watch", JobWatch)
+# Jobs restored from the embedded endpoint's state directory wait to be queued again.
+RESTORED = web.AppKey("restored", bool)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 
 from shortdrama_worker.handlers.base import Handler, Resource
+from shortdrama_worker.settings import HandlerSettings
 
 GROUP = "shortdrama_worker.handlers"
 _KIND = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -109,3 +110,16 @@ def _spec(kind: str, handler: type[Handler], distribution: str) -> HandlerSpec:
     if getattr(handler, "input_model", None) is None:
         raise PluginError(f"handler {kind!r} declares no input_model")
     return HandlerSpec(kind=kind, slug=slug, cls=handler, distribution=distribution)
+
+
+def unknown_kind_message(slug: str, settings: HandlerSettings) -> str:
+    """Why ``slug`` has no handler: not installed, or installed but not in ``handlers.allow``."""
+    wanted = slug.replace("-", "_")
+    installed = {ep.name for ep in entry_points(group=GROUP)}
+    if settings.allow is not None and wanted in installed and wanted not in settings.allow:
+        allowed = ", ".join(f'"{k}"' for k in [*settings.allow, wanted])
+        return (
+            f"{wanted!r} is installed but disabled on this worker: it is not in handlers.allow; "
+            f"add it there (allow = [{allowed}]) or in SHORTDRAMA_HANDLERS__ALLOW and restart"
+        )
+    return f"no handler for {slug!r}"
