@@ -145,7 +145,9 @@ async def list_jobs(
     store: TaskStore, query: JobQuery, cursor: str | None
 ) -> tuple[list[Task], str | None]:
     """One page of jobs, newest first, and the cursor of the next page (or ``None``)."""
-    positions = decode_cursor(cursor, query) if cursor else dict.fromkeys(query.statuses, _START)
+    positions: dict[str, Any] = (
+        decode_cursor(cursor, query) if cursor else dict.fromkeys(query.statuses, _START)
+    )
     found: dict[str, tuple[list[Task], dict[str, Any] | None]] = {}
     for status, position in positions.items():
         start: dict[str, Any] | None = None if position == _START else position
