@@ -29,7 +29,9 @@ async function apiJson(path, options) {
   try { body = await response.json(); } catch (e) { body = null; }
   if (!response.ok) {
     const message = body && body.error ? body.error.message : response.statusText;
-    throw new Error(`${response.status}: ${message}`);
+    const error = new Error(`${response.status}: ${message}`);
+    error.status = response.status;
+    throw error;
   }
   return body;
 }
@@ -136,7 +138,7 @@ async function loadJobs(append = false) {
     notice("");
   } catch (error) {
     live.textContent = "";
-    notice(`Cannot list jobs: ${error.message}`, true);
+    if (error.status !== 401) notice(`Cannot list jobs: ${error.message}`, true);
   }
 }
 
@@ -348,7 +350,7 @@ async function loadHandlers() {
     const body = await apiJson("/api/v1/handlers");
     state.handlers = body.handlers;
   } catch (error) {
-    notice(`Cannot list kinds: ${error.message}`, true);
+    if (error.status !== 401) notice(`Cannot list kinds: ${error.message}`, true);
     return;
   }
   const kind = document.getElementById("kind");
