@@ -116,7 +116,7 @@ async def test_console_submits_by_upload_shows_the_result_and_cancels(
 async def test_console_and_docs_are_served_from_package_files_without_a_key(
     make_settings: Any, start_app: Any
 ) -> None:
-    key, digest = new_key()
+    _, digest = new_key()
     settings = make_settings(auth={"enabled": True, "keys": [{"id": "editor", "sha256": digest}]})
     _, api = await start_app(settings, HandlerRegistry.from_classes({"scripted": ScriptedHandler}))
     page = await (await api.get("/")).text()

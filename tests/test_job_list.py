@@ -124,7 +124,10 @@ async def test_a_tampered_or_foreign_cursor_is_refused(api: Any) -> None:
     # Another status's key under this status, and a key of another shape.
     status = next(iter(blob["p"]))
     other = next(s for s in ("pending", "completed") if s != status)
-    forged = {**blob, "p": {status: {"task_id": {"S": "x"}, "status": {"S": other}, "created_at": {"N": "1"}}}}
+    forged = {
+        **blob,
+        "p": {status: {"task_id": {"S": "x"}, "status": {"S": other}, "created_at": {"N": "1"}}},
+    }
     for bad in (forged, {**blob, "p": {status: {"task_id": {"S": "x"}}}}):
         token = base64.urlsafe_b64encode(json.dumps(bad).encode()).decode()
         resp = await api.get(f"/api/v1/jobs?limit=1&cursor={token}")

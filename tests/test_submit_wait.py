@@ -57,7 +57,9 @@ async def test_status_waits_for_the_end_and_other_instances_finishes_are_seen(
     # process announces its end: it must be seen in the store.
     settings = make_settings(api={"max_wait_s": 10})
     _, api = await start_app(
-        settings.model_copy(update={"consumer": settings.consumer.model_copy(update={"enabled": False})}),
+        settings.model_copy(
+            update={"consumer": settings.consumer.model_copy(update={"enabled": False})}
+        ),
         registry(),
     )
     await start_app(settings, registry())
@@ -69,7 +71,9 @@ async def test_status_waits_for_the_end_and_other_instances_finishes_are_seen(
 
 
 async def test_waiting_holds_no_consumer_slot(make_settings: Any, start_app: Any) -> None:
-    settings = make_settings(consumer={"max_in_flight": {"gpu": 1, "cpu": 1}, "prefetch": {"gpu": 0, "cpu": 0}})
+    settings = make_settings(
+        consumer={"max_in_flight": {"gpu": 1, "cpu": 1}, "prefetch": {"gpu": 0, "cpu": 0}}
+    )
     app, api = await start_app(settings, registry())
     # One slot: a client waiting on the first job must not keep the second from running.
     waits = [
