@@ -150,6 +150,7 @@ async def _serve(settings: Any) -> int:
     from shortdrama_worker.sdnotify import SystemdNotifier
 
     log = structlog.get_logger("shortdrama_worker.serve")
+    _check_ports(settings)  # before anything is provisioned
     try:
         app = create_app(settings)
     except PluginError as exc:
@@ -237,6 +238,36 @@ async def _serve(settings: Any) -> int:
     notifier.close()
     log.info("stopped")
     return EXIT_OK
+
+
+def _check_ports(settings: Any) -> None:
+    """Refuse a port that is taken now, naming the setting and variable that move it."""
+    import socket
+
+    wanted = [(settings.api.host, settings.api.port, "api.port", "SHORTDRAMA_API__PORT")]
+    if settings.local.embedded_aws and settings.local.embedded_aws_port:
+        wanted.append(
+            (
+                "127.0.0.1",
+                settings.local.embedded_aws_port,
+                "local.embedded_aws_port",
+                "SHORTDRAMA_LOCAL__EMBEDDED_AWS_PORT",
+            )
+        )
+    for host, port, setting, variable in wanted:
+        if not port:
+            continue
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            # As the server will bind: reusing TIME_WAIT addresses, not live ones.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise CliError(
+                    f"port {port} on {host} is not free ({exc.strerror}): is another "
+                    f"shortdrama-worker running? Stop it, or choose another port with "
+                    f"{setting} in the config file or {variable}=<port>"
+                ) from None
 
 
 # -- init / handlers -----------------------------------------------------------
