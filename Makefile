@@ -1,23 +1,32 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
 # Plugin distributions in this repository: each installed beside the daemon and tested on its own.
 PLUGINS := plugins/example
 
 .PHONY: run test lint bench clean
 
-$(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+# `make run` installs what running needs (the local extra: moto, the detector);
+# `make test` adds the test tool chain. Each has its own stamp.
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+
+$(RUN_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install -q -e '.[local]'
+	touch $(RUN_STAMP)
+
+$(TEST_STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS)) | $(VENV)/bin/python
 	$(BIN)/pip install -q -e '.[test]'
 	for p in $(PLUGINS); do $(BIN)/pip install -q -e $$p || exit 1; done
-	touch $(STAMP)
+	touch $(TEST_STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/shortdrama-worker --config config/local.toml serve
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/ruff check shortdrama_worker tests bench plugins
 	$(BIN)/ruff format --check shortdrama_worker plugins
 	$(BIN)/mypy
@@ -25,11 +34,11 @@ test: $(STAMP)
 	$(BIN)/pytest -q
 	for p in $(PLUGINS); do (cd $$p && ../../$(BIN)/pytest -q -p no:cacheprovider) || exit 1; done
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check --fix shortdrama_worker tests bench plugins
 	$(BIN)/ruff format shortdrama_worker plugins
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(BIN)/pip install -q -r bench/requirements.txt  # Celery etc.: the baseline, not our runtime
 	$(BIN)/python -m bench
 

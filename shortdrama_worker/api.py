@@ -22,11 +22,12 @@ from shortdrama_worker.inputs import parse_data_uri, reference_problem
 from shortdrama_worker.jobview import render_job
 from shortdrama_worker.openapi import build_openapi
 from shortdrama_worker.outcomes import CancelReason
-from shortdrama_worker.plugins import HandlerSpec
+from shortdrama_worker.plugins import HandlerSpec, unknown_kind_message
 from shortdrama_worker.queue import QueueError
 from shortdrama_worker.responses import error_response
 from shortdrama_worker.results import ResultStoreError
 from shortdrama_worker.store import StaleTransition, StoreError, Task
+from shortdrama_worker.uploads import BodyError, read_body, sniff_image
 
 log = structlog.get_logger("shortdrama_worker.api")
 
@@ -49,7 +50,7 @@ def _spec_for(request: web.Request) -> HandlerSpec:
                 {
                     "error": {
                         "code": "unknown_kind",
-                        "message": f"no handler for {slug!r}",
+                        "message": unknown_kind_message(slug, request.app[keys.SETTINGS].handlers),
                         "available": sorted(request.app[keys.REGISTRY].by_slug),
                     }
                 }
@@ -76,13 +77,10 @@ async def submit(request: web.Request) -> web.Response:
     key = request.get(REQUEST_KEY)
     if not may_submit(key, spec.kind):
         return error_response(403, "forbidden", f"this API key may not submit {spec.kind!r} jobs")
-    raw = await request.read()
     try:
-        body = json.loads(raw or b"null")
-    except ValueError as exc:
-        return error_response(400, "malformed_json", f"request body is not valid JSON: {exc}")
-    if not isinstance(body, dict):
-        return error_response(400, "malformed_json", "request body must be a JSON object")
+        body = await read_body(request, spec.cls.input_model.model_json_schema())
+    except BodyError as exc:
+        return exc.response()
     # The callback URL is about delivery, not the handler's input.
     callback_url = body.pop("callback_url", None)
     if callback_url is not None:
@@ -230,10 +228,11 @@ async def _stage_data_uris(
         if isinstance(value, str) and value.startswith("data:"):
             try:
                 fetched = parse_data_uri(value, path, max_bytes)
+                mime = sniff_image(fetched.data, path, inputs.max_pixels)
             except Exception as exc:
                 raise ValueError(str(exc)) from None
             key = results.input_key(task_id, path)
-            await results.put(key, fetched.data, fetched.content_type or "application/octet-stream")
+            await results.put(key, fetched.data, mime)
             return f"s3://{results.bucket}/{key}"
         if isinstance(value, dict):
             return {k: await walk(v, f"{path}.{k}" if path else k) for k, v in value.items()}

@@ -41,6 +41,10 @@ from shortdrama_worker.results import ResultStore
 from shortdrama_worker.runner import JobRunner
 from shortdrama_worker.settings import Resource, Settings
 from shortdrama_worker.store import TaskStore
+from shortdrama_worker.watch import JobWatch
+from shortdrama_worker.web import add_routes as web_routes_add
+from shortdrama_worker.web.jobs import submit_and_wait
+from shortdrama_worker.web.restore import requeue_unfinished
 from shortdrama_worker.webhooks import WebhookSender
 
 log = structlog.get_logger("shortdrama_worker.app")
@@ -57,7 +61,7 @@ def create_app(
     """Build the application. Handlers come from entry points unless ``registry`` is given."""
     app = web.Application(
         client_max_size=settings.api.max_body_bytes,
-        middlewares=[request_context, json_errors, authenticate],
+        middlewares=[request_context, json_errors, authenticate, submit_and_wait],
     )
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics or Metrics()
@@ -66,8 +70,19 @@ def create_app(
     )
     app[keys.METRICS].declare_kinds(list(app[keys.REGISTRY].by_kind))
     app.cleanup_ctx.extend(
-        [_aws_endpoint, _clients, _services, _handlers, _reconciler, _queue_depth, _consumer]
+        [
+            _aws_endpoint,
+            _clients,
+            _services,
+            _watch,
+            _requeue,
+            _handlers,
+            _reconciler,
+            _queue_depth,
+            _consumer,
+        ]
     )
+    web_routes_add(app)
     api.add_routes(app)
     return app
 
@@ -78,9 +93,13 @@ def instance_id(settings: Settings) -> str:
 
 async def _aws_endpoint(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
+    app[keys.RESTORED] = False
     if settings.local.embedded_aws:
-        async with embedded_aws(settings.local.embedded_aws_port) as url:
-            app[keys.ENDPOINT_URL] = url
+        async with embedded_aws(
+            settings.local.embedded_aws_port, settings.local.state_dir, settings.aws.region
+        ) as endpoint:
+            app[keys.ENDPOINT_URL] = endpoint.url
+            app[keys.RESTORED] = bool(endpoint.state and endpoint.state.restored_entries)
             yield
     else:
         app[keys.ENDPOINT_URL] = settings.aws.endpoint_url or ""
@@ -127,6 +146,25 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[keys.RESULTS] = ResultStore(clients.s3, settings.results)
     yield
     await queue.aclose()
+
+
+async def _watch(app: web.Application) -> AsyncIterator[None]:
+    watch = JobWatch(app[keys.STORE])
+    app[keys.WATCH] = watch
+
+    async def end_waits(_: web.Application) -> None:
+        watch.close()  # open event streams and waits answer now, not at the shutdown timeout
+
+    app.on_shutdown.append(end_waits)
+    yield
+    watch.close()
+
+
+async def _requeue(app: web.Application) -> AsyncIterator[None]:
+    if app[keys.RESTORED]:
+        queued = await requeue_unfinished(app[keys.STORE], app[keys.QUEUE])
+        log.info("restored_jobs_requeued", jobs=queued)
+    yield
 
 
 async def _handlers(app: web.Application) -> AsyncIterator[None]:

@@ -1,7 +1,9 @@
-"""``shortdrama-worker``: serve, init, handlers, submit, status.
+"""``shortdrama-worker``: serve, init, handlers, submit, status, jobs, cancel, keygen.
 
 Exit codes: 0 success; 1 the job failed or was cancelled; 2 usage or
-configuration error; 3 the service or AWS could not be reached.
+configuration error (a busy port included); 3 the service or AWS could not be
+reached; 4 ``--wait`` ran out of time with the job still pending or running;
+130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from typing import Any
 import aiohttp
 
 from shortdrama_worker import __version__
+from shortdrama_worker.outcomes import CancelReason
 
-EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_WAIT_TIMEOUT = 0, 1, 2, 3, 4
 
 
 class CliError(Exception):
@@ -45,7 +48,12 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shortdrama-worker", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="shortdrama-worker",
+        description=__doc__.splitlines()[0],
+        epilog="Exit codes: 0 ok, 1 job failed or cancelled, 2 usage or configuration, "
+        "3 daemon or AWS unreachable, 4 --wait timed out, 130 interrupted.",
+    )
     parser.add_argument("--version", action="version", version=__version__)
     parser.add_argument("--config", help="TOML file (default: $SHORTDRAMA_CONFIG)")
     # --config is accepted after the command too (`serve --config FILE`).
@@ -87,6 +95,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", help="API key (default: $SHORTDRAMA_API_KEY)")
     p.add_argument("--api", help="API base URL (default from config)")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("jobs", parents=[common], help="list jobs, newest first")
+    p.add_argument(
+        "--status", help="pending, processing, completed, failed, cancelled (comma list)"
+    )
+    p.add_argument("--kind")
+    p.add_argument("--since", help="epoch seconds or ISO 8601")
+    p.add_argument("--until", help="epoch seconds or ISO 8601")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--cursor", help="next_cursor of a previous page")
+    p.add_argument("--json", action="store_true", help="print the API's JSON")
+    p.add_argument("--api-key", help="API key (default: $SHORTDRAMA_API_KEY)")
+    p.add_argument("--api", help="API base URL (default from config)")
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("cancel", parents=[common], help="cancel a pending or running job")
+    p.add_argument("job_id")
+    p.add_argument("--api-key", help="API key (default: $SHORTDRAMA_API_KEY)")
+    p.add_argument("--api", help="API base URL (default from config)")
+    p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser("keygen", help="make an API key and the [[auth.keys]] entry for it")
     p.add_argument("--id", required=True, help="name recorded as submitted_by")
@@ -150,6 +178,7 @@ async def _serve(settings: Any) -> int:
     from shortdrama_worker.sdnotify import SystemdNotifier
 
     log = structlog.get_logger("shortdrama_worker.serve")
+    _check_ports(settings)  # before anything is provisioned
     try:
         app = create_app(settings)
     except PluginError as exc:
@@ -229,7 +258,23 @@ async def _serve(settings: Any) -> int:
         notifier.stopping(
             f"draining {consumer.in_flight} job(s), grace {settings.consumer.shutdown_grace_s:g}s"
         )
-        await consumer.stop()  # /ready answers 503 from here on
+        drain = asyncio.create_task(consumer.stop())  # /ready answers 503 from here on
+
+        def hurry() -> None:
+            # A second Ctrl-C: running jobs go back to the queue now, not after the grace.
+            print("second signal: ending the drain now; running jobs are handed back", flush=True)
+            log.warning("drain_cut_short", returning=consumer.in_flight)
+            app[keys.RUNNER].cancel_all(CancelReason.SHUTDOWN)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, hurry)
+        if consumer.in_flight:
+            print(
+                f"draining {consumer.in_flight} running job(s) for up to "
+                f"{settings.consumer.shutdown_grace_s:g} s; Ctrl-C again to stop now",
+                flush=True,
+            )
+        await drain
     else:
         notifier.stopping()
     await runner.cleanup()
@@ -237,6 +282,36 @@ async def _serve(settings: Any) -> int:
     notifier.close()
     log.info("stopped")
     return EXIT_OK
+
+
+def _check_ports(settings: Any) -> None:
+    """Refuse a port that is taken now, naming the setting and variable that move it."""
+    import socket
+
+    wanted = [(settings.api.host, settings.api.port, "api.port", "SHORTDRAMA_API__PORT")]
+    if settings.local.embedded_aws and settings.local.embedded_aws_port:
+        wanted.append(
+            (
+                "127.0.0.1",
+                settings.local.embedded_aws_port,
+                "local.embedded_aws_port",
+                "SHORTDRAMA_LOCAL__EMBEDDED_AWS_PORT",
+            )
+        )
+    for host, port, setting, variable in wanted:
+        if not port:
+            continue
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            # As the server will bind: reusing TIME_WAIT addresses, not live ones.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise CliError(
+                    f"port {port} on {host} is not free ({exc.strerror}): is another "
+                    f"shortdrama-worker running? Stop it, or choose another port with "
+                    f"{setting} in the config file or {variable}=<port>"
+                ) from None
 
 
 # -- init / handlers -----------------------------------------------------------
@@ -353,16 +428,15 @@ async def _wait(http: aiohttp.ClientSession, url: str, timeout: float) -> dict[s
     deadline = time.monotonic() + timeout
     tty = sys.stderr.isatty()
     delay = 0.2
+    shown = ""
     while True:
         job = await _request(http, "GET", url)
-        stage = f" {job['stage']}" if job.get("stage") else ""
-        line = f"{job['status']:<10} {job.get('progress') or 0:5.1f}%{stage}"
-        print(
-            ("\r" + line.ljust(60)) if tty else line,
-            end="" if tty else "\n",
-            file=sys.stderr,
-            flush=True,
-        )
+        line = progress_line(job)
+        if tty:
+            print("\r" + line.ljust(60), end="", file=sys.stderr, flush=True)
+        elif line != shown:  # a log file gets one line per change, not one per poll
+            print(line, file=sys.stderr, flush=True)
+        shown = line
         if job["status"] in ("completed", "failed", "cancelled"):
             if tty:
                 print(file=sys.stderr)
@@ -370,7 +444,7 @@ async def _wait(http: aiohttp.ClientSession, url: str, timeout: float) -> dict[s
         if time.monotonic() > deadline:
             raise CliError(
                 f"still {job['status']} after {timeout:g} s; check later with `status`",
-                EXIT_JOB_FAILED,
+                EXIT_WAIT_TIMEOUT,
             )
         await asyncio.sleep(delay)
         delay = min(delay * 1.5, 2.0)
@@ -403,3 +477,58 @@ def cmd_status(args: argparse.Namespace) -> int:
     job = asyncio.run(run())
     print(json.dumps(job, indent=2))
     return EXIT_OK if job["status"] not in ("failed", "cancelled") else EXIT_JOB_FAILED
+
+
+def progress_line(job: dict[str, Any]) -> str:
+    """``processing  42.0% detecting``; a finished job shows no stage left over from its run."""
+    stage = f" {job['stage']}" if job.get("stage") and job["status"] == "processing" else ""
+    if job["status"] == "failed":
+        stage = f" {job.get('error_message') or ''}".rstrip()
+    return f"{job['status']:<10} {job.get('progress') or 0:5.1f}%{stage}"
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    params = {
+        name: str(value)
+        for name in ("status", "kind", "since", "until", "limit", "cursor")
+        if (value := getattr(args, name)) is not None
+    }
+
+    async def run() -> dict[str, Any]:
+        async with aiohttp.ClientSession(headers=_auth_headers(args)) as http:
+            return await _request(http, "GET", f"{_api_url(args)}/api/v1/jobs", params=params)
+
+    page = asyncio.run(run())
+    if args.json:
+        print(json.dumps(page, indent=2))
+        return EXIT_OK
+    rows = [("JOB", "KIND", "STATUS", "PROGRESS", "CREATED", "DURATION")]
+    for job in page["jobs"]:
+        total = (job.get("timings") or {}).get("total_s")
+        rows.append(
+            (
+                job["job_id"],
+                job["kind"],
+                job["status"],
+                f"{job.get('progress') or 0:.0f}%",
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job["created_at"])),
+                f"{total:.1f}s" if total is not None else "",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    if page.get("next_cursor"):
+        print(f"more: --cursor {page['next_cursor']}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    async def run() -> dict[str, Any]:
+        async with aiohttp.ClientSession(headers=_auth_headers(args)) as http:
+            return await _request(http, "DELETE", f"{_api_url(args)}/api/v1/jobs/{args.job_id}")
+
+    job = asyncio.run(run())
+    state = "cancelled" if job["status"] == "cancelled" else "cancel requested (it is running)"
+    print(f"job {job['job_id']}: {state}")
+    return EXIT_OK

@@ -18,6 +18,7 @@ from shortdrama_worker.results import ResultStore
 from shortdrama_worker.runner import JobRunner
 from shortdrama_worker.settings import Settings
 from shortdrama_worker.store import TaskStore
+from shortdrama_worker.watch import JobWatch
 from shortdrama_worker.webhooks import WebhookSender
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -39,3 +40,6 @@ GATES = web.AppKey("gates", Gates)
 READINESS = web.AppKey("readiness", Readiness)
 RECONCILER = web.AppKey("reconciler", Reconciler)
 DEPTH = web.AppKey("queue_depth", QueueDepthExporter)
+WATCH = web.AppKey("watch", JobWatch)
+# Jobs restored from the embedded endpoint's state directory wait to be queued again.
+RESTORED = web.AppKey("restored", bool)

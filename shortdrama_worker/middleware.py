@@ -32,11 +32,24 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     structlog.contextvars.bind_contextvars(request_id=request_id)
     started = time.monotonic()
     response = await handler(request)
-    response.headers["X-Request-Id"] = request_id
+    if not response.prepared:  # a stream has sent its headers already
+        response.headers["X-Request-Id"] = request_id
     route = request.match_info.route.resource
     template = route.canonical if route is not None else "(unmatched)"
+    elapsed = time.monotonic() - started
     request.app[keys.METRICS].http_requests.labels(template, f"{response.status // 100}xx").observe(
-        time.monotonic() - started
+        elapsed
+    )
+    # One structured access line per request (aiohttp's own access log is off).
+    log.info(
+        "http_request",
+        method=request.method,
+        path=request.path,
+        route=template,
+        status=response.status,
+        duration_ms=round(elapsed * 1000, 1),
+        bytes=response.body_length,
+        remote=request.remote,
     )
     return response
 

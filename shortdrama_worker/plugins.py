@@ -14,6 +14,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from shortdrama_worker.contract import CONTRACT_VERSION, Handler, Resource
+from shortdrama_worker.settings import HandlerSettings
 
 GROUP = "shortdrama_worker.handlers"
 
@@ -156,3 +157,16 @@ class Readiness:
             for spec in self._registry
             if spec.resource == resource and spec.kind in self._handlers
         )
+
+
+def unknown_kind_message(slug: str, settings: HandlerSettings) -> str:
+    """Why ``slug`` has no handler: not installed, or installed but not in ``handlers.allow``."""
+    wanted = slug.replace("-", "_")
+    installed = {ep.name for ep in entry_points(group=GROUP)}
+    if settings.allow is not None and wanted in installed and wanted not in settings.allow:
+        allowed = ", ".join(f'"{k}"' for k in [*settings.allow, wanted])
+        return (
+            f"{wanted!r} is installed but disabled on this worker: it is not in handlers.allow; "
+            f"add it there (allow = [{allowed}]) or in SHORTDRAMA_HANDLERS__ALLOW and restart"
+        )
+    return f"no handler for {slug!r}"

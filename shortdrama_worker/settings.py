@@ -87,6 +87,12 @@ class ApiSettings(Section):
         default=None, description="Base URL clients use; defaults to http://host:port."
     )
     max_body_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    max_wait_s: int = Field(
+        default=60,
+        ge=0,
+        le=3600,
+        description="Longest `Prefer: wait=N` honoured on submit and status (seconds).",
+    )
 
 
 def _default_in_flight() -> dict[Resource, int]:
@@ -217,7 +223,18 @@ class LocalSettings(Section):
     embedded_aws: bool = Field(
         default=False, description="Start an AWS-compatible endpoint (moto) in-process."
     )
-    embedded_aws_port: int = Field(default=0, ge=0, le=65535)
+    embedded_aws_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of the embedded endpoint; fixed so result URLs survive a restart "
+        "(0: any free port).",
+    )
+    state_dir: Path | None = Field(
+        default=None,
+        description="Where the embedded endpoint keeps its tables and files across restarts "
+        "(unset: in memory only).",
+    )
     provision: bool = Field(default=False, description="Run `init` at start-up.")
 
 
@@ -313,9 +330,23 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            f" ({_source_of(err['loc'], toml_file, overrides)})"
             for err in exc.errors()
         )
-        source = f" (from {toml_file})" if toml_file else ""
-        raise ConfigError(f"invalid configuration{source}: {problems}") from None
+        raise ConfigError(f"invalid configuration: {problems}") from None
     except Exception as exc:  # a TOML syntax error names the line
         raise ConfigError(f"cannot read configuration {toml_file}: {exc}") from None
+
+
+def _source_of(loc: tuple[Any, ...], toml_file: Path | None, overrides: dict[str, Any]) -> str:
+    """Which source set the bad value: an environment variable wins over the file."""
+    names = [str(p) for p in loc if not isinstance(p, int)]
+    # The deepest variable that is set: SHORTDRAMA_API__PORT, or a whole
+    # section given as JSON (SHORTDRAMA_API='{"port": …}').
+    for depth in range(len(names), 0, -1):
+        var = "SHORTDRAMA_" + "__".join(names[:depth]).upper()
+        if var in {k.upper() for k in os.environ}:
+            return f"environment variable {var}"
+    if names and names[0] in overrides:
+        return "given by the caller"
+    return f"file {toml_file}" if toml_file else "default"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
@@ -125,6 +126,13 @@ class TaskStore:
         self.table = table
         self.status_index = status_index
         self.ttl_s = ttl_days * 86400
+        # Told of every record this process writes (progress, status changes),
+        # so waiting clients on this instance learn of them without polling.
+        self.listeners: list[Callable[[Task], None]] = []
+
+    def _written(self, task: Task) -> None:
+        for listener in self.listeners:
+            listener(task)
 
     async def create(self, task: Task) -> None:
         """Insert a new record; ``StaleTransition(existing)`` if the id is taken."""
@@ -136,6 +144,7 @@ class TaskStore:
             ConditionExpression="attribute_not_exists(task_id)",
             ReturnValuesOnConditionCheckFailure="ALL_OLD",
         )
+        self._written(task)
 
     async def get(self, task_id: str) -> Task | None:
         reply = await self._call(
@@ -465,7 +474,63 @@ class TaskStore:
             ReturnValues="ALL_NEW",
             ReturnValuesOnConditionCheckFailure="ALL_OLD",
         )
-        return _unmarshal(reply["Attributes"])
+        task = _unmarshal(reply["Attributes"])
+        self._written(task)
+        return task
+
+    async def page_by_status(
+        self,
+        status: str,
+        *,
+        since: float | None,
+        until: float | None,
+        kind: str | None,
+        submitted_by: str | None,
+        limit: int,
+        start_key: dict[str, Any] | None,
+    ) -> tuple[list[Task], dict[str, Any] | None]:
+        """One page of the status index, newest first, filtered by kind and submitter.
+
+        The filter applies after ``limit`` items are read, so a page may hold
+        fewer than ``limit`` tasks while the returned key says there are more.
+        """
+        condition = "#s = :s"
+        values: dict[str, Any] = {":s": {"S": status}}
+        if since is not None and until is not None:
+            condition += " AND created_at BETWEEN :since AND :until"
+            values |= {":since": _to_attr(since), ":until": _to_attr(until)}
+        elif since is not None:
+            condition += " AND created_at >= :since"
+            values[":since"] = _to_attr(since)
+        elif until is not None:
+            condition += " AND created_at <= :until"
+            values[":until"] = _to_attr(until)
+        names = {"#s": "status"}
+        filters = []
+        if kind is not None:
+            names["#k"] = "job_type"
+            values[":k"] = {"S": kind}
+            filters.append("#k = :k")
+        if submitted_by is not None:
+            names["#by"] = "submitted_by"
+            values[":by"] = {"S": submitted_by}
+            filters.append("#by = :by")
+        query: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": self.status_index,
+            "KeyConditionExpression": condition,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+            "ScanIndexForward": False,
+            "Limit": limit,
+        }
+        if filters:
+            query["FilterExpression"] = " AND ".join(filters)
+        if start_key is not None:
+            query["ExclusiveStartKey"] = start_key
+        reply = await self._call(self._db.query, **query)
+        tasks = [_unmarshal(item) for item in reply.get("Items", [])]
+        return tasks, reply.get("LastEvaluatedKey")
 
     async def _call(self, method: Any, **kwargs: Any) -> dict[str, Any]:
         """One DynamoDB call, its failures translated: a lost condition or an outage."""

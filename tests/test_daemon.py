@@ -255,5 +255,8 @@ def test_a_port_in_use_stops_start_up_with_a_clear_message(daemon_env: dict[str,
         port = taken.getsockname()[1]
         result = run_cli("serve", env={**daemon_env, "SHORTDRAMA_API__PORT": str(port),
                                        "SHORTDRAMA_LOCAL__PROVISION": "true"})  # fmt: skip
-    assert result.returncode == 3
-    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    # Found before anything is provisioned, naming what to change: a usage error.
+    assert result.returncode == 2
+    assert f"port {port} on 127.0.0.1 is not free" in result.stderr
+    assert "SHORTDRAMA_API__PORT" in result.stderr
+    assert "provisioned" not in result.stdout + result.stderr

@@ -1,0 +1,95 @@
+"""Waiting for a job to change without holding anything a job needs.
+
+Writes made by this process (progress, status changes, cancels) wake waiters
+at once through the store's listeners; changes made by other instances are
+seen by reading the record again, with a backoff. No consumer slot, queue
+message or lease is involved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator, Iterator
+
+from shortdrama_worker.store import Task, TaskStore
+
+_FIRST_POLL_S = 0.25
+_MAX_POLL_S = 2.0
+
+
+class JobWatch:
+    """Wakes waiters when this process writes a record, and on shutdown."""
+
+    def __init__(self, store: TaskStore) -> None:
+        self.store = store
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self.closing = asyncio.Event()
+        store.listeners.append(self.notify)
+
+    def notify(self, task: Task) -> None:
+        for event in self._waiters.get(task.task_id, ()):
+            event.set()
+
+    def close(self) -> None:
+        """End every wait and stream now (the server is shutting down)."""
+        self.closing.set()
+        for events in self._waiters.values():
+            for event in events:
+                event.set()
+
+    @contextlib.contextmanager
+    def _watching(self, task_id: str) -> Iterator[asyncio.Event]:
+        event = asyncio.Event()
+        self._waiters.setdefault(task_id, set()).add(event)
+        try:
+            yield event
+        finally:
+            waiters = self._waiters.get(task_id)
+            if waiters is not None:
+                waiters.discard(event)
+                if not waiters:
+                    del self._waiters[task_id]
+
+    async def until_finished(self, task_id: str, timeout_s: float) -> Task | None:
+        """The record once it is terminal, or as it stands when ``timeout_s`` runs out."""
+        task: Task | None = None
+        async for task in self.follow(task_id, timeout_s):
+            if task is None or task.terminal:
+                break
+        return task
+
+    async def follow(
+        self, task_id: str, timeout_s: float | None = None
+    ) -> AsyncGenerator[Task | None, None]:
+        """Yield the record now and after every change, until it ends, vanishes or time is up.
+
+        ``StoreError`` propagates; the caller decides what the client sees.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        delay = _FIRST_POLL_S
+        last: tuple[object, ...] | None = None
+        with self._watching(task_id) as event:
+            while True:
+                event.clear()  # before the read, so a write during it is not missed
+                task = await self.store.get(task_id)
+                state = _state(task)
+                if state != last:
+                    last = state
+                    delay = _FIRST_POLL_S
+                    yield task
+                if task is None or task.terminal or self.closing.is_set():
+                    return
+                wait = delay
+                if deadline is not None:
+                    wait = min(wait, deadline - time.monotonic())
+                    if wait <= 0:
+                        return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), wait)
+                delay = min(delay * 2, _MAX_POLL_S)
+
+
+def _state(task: Task | None) -> tuple[object, ...] | None:
+    return None if task is None else (task.status, task.progress, task.stage, task.updated_at)
