@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from shortdrama_compose.aws import open_clients
 from shortdrama_compose.check import Finding, check, problems
 from shortdrama_compose.comfy import ComfyClient
+from shortdrama_compose.comfy_backend import REQUIRED_MARKERS
 from shortdrama_compose.model import ComposeSettings
 from shortdrama_compose.template import TemplateError, load_template
 from shortdrama_compose.workflow import Workflow, WorkflowError
@@ -84,8 +85,6 @@ async def run_checks(settings: ComposeSettings) -> list[Finding]:
 
 
 async def _check_comfy(settings: ComposeSettings) -> list[Finding]:
-    from shortdrama_compose.comfy_backend import REQUIRED_MARKERS
-
     config = settings.comfyui
     try:
         workflow = Workflow.load(config.workflow_file)

@@ -154,10 +154,14 @@ class FakeSageMakerRuntime:
         name = request.match_info["name"]
         endpoint = self.endpoints.get(name)
         if endpoint is None:
-            return _error(400, "ValidationError", f"Endpoint {name} of account {ACCOUNT} not found.")
+            return _error(
+                400, "ValidationError", f"Endpoint {name} of account {ACCOUNT} not found."
+            )
         if operation == "InvokeEndpoint" and endpoint.asynchronous:
             return _error(
-                400, "ValidationError", f"Endpoint {name} is an async endpoint; use InvokeEndpointAsync."
+                400,
+                "ValidationError",
+                f"Endpoint {name} is an async endpoint; use InvokeEndpointAsync.",
             )
         if operation == "InvokeEndpointAsync" and not endpoint.asynchronous:
             return _error(
@@ -272,9 +276,7 @@ class FakeSageMakerRuntime:
         ) as s3:
             try:
                 body = inline or await _read(s3, location)
-                reply = await asyncio.wait_for(
-                    endpoint.model(body, content_type, accept), limit_s
-                )
+                reply = await asyncio.wait_for(endpoint.model(body, content_type, accept), limit_s)
             except TimeoutError:
                 reply = Reply(TIMEOUT_MESSAGE.encode(), "text/plain", status=0)
             except Exception as exc:  # the input could not be read: a failure, as in AWS

@@ -14,11 +14,11 @@ import pytest
 from conftest import REGION, decode, image_bytes
 from fake_sagemaker import Endpoint, FakeSageMakerRuntime, Model, Reply
 from PIL import Image
+from shortdrama_worker.contract import PermanentJobError, TransientJobError
+from shortdrama_worker.contract.testing import FakeJobContext, RecordedMetrics, data_uri, make_env
 
 from shortdrama_compose.handler import ComposeHandler
 from shortdrama_compose.model import ComposeInput
-from shortdrama_worker.contract import PermanentJobError, TransientJobError
-from shortdrama_worker.contract.testing import FakeJobContext, RecordedMetrics, data_uri, make_env
 
 PERSON, PLACE = (200, 30, 30), (30, 200, 30)
 CLOTHES = [(30, 30, 200), (200, 200, 30)]
@@ -227,9 +227,7 @@ async def test_a_model_timeout_moves_the_request_to_the_async_endpoint(
         return await model(body, content_type, accept)
 
     runtime.add(Endpoint("realtime", slow, model_time_limit_s=0.0))
-    runtime.add(
-        Endpoint("queued", model, asynchronous=True, output_path=f"s3://{bucket}/out")
-    )
+    runtime.add(Endpoint("queued", model, asynchronous=True, output_path=f"s3://{bucket}/out"))
     handler = await start(endpoint_name="realtime", async_endpoint_name="queued")
     result = await handler.run(job(), FakeJobContext(kind="compose", http=http))
     assert result["mode"] == "async"
@@ -314,7 +312,7 @@ async def test_an_unknown_endpoint_is_a_permanent_failure_naming_it(
 ) -> None:
     handler = await start(endpoint_name="nosuch")
     assert not handler.ready()  # the start-up check found no such endpoint in moto
-    with pytest.raises(PermanentJobError, match="nosuch of account .* not found") as caught:
+    with pytest.raises(PermanentJobError, match=r"nosuch of account .* not found") as caught:
         await handler.run(job(), FakeJobContext(kind="compose"))
     assert caught.value.code == "sagemaker_endpoint_not_found"
     assert len(runtime.calls("InvokeEndpoint")) == 1
