@@ -5,6 +5,11 @@ an SQS, DynamoDB or S3 client (``await self._sqs.receive_message(...)``, or a
 bound method handed to a helper, ``self._call(..., self._sqs.send_message)``)
 whose name is an operation in botocore's model of that service. Waiters,
 paginators and presigned URLs map to the operation they run.
+
+Plugin distributions in ``plugins/`` that call AWS with clients of their own
+are scanned the same way, each against its own policy file (the host's
+policies do not grant what a plugin calls). The scan reads their source; it
+imports nothing of them.
 """
 
 from __future__ import annotations
@@ -57,6 +62,18 @@ SQS_ACTIONS = {
 }
 # Operation names that are also everyday attributes elsewhere (request.query).
 COMMON_WORDS = {"query"}
+# Services whose IAM action prefix is not their botocore name.
+IAM_PREFIX = {"sagemaker-runtime": "sagemaker"}
+
+# Plugins with AWS clients of their own: package → (its policy, its services,
+# how its code names its clients).
+PLUGINS = {
+    ROOT / "plugins" / "compose" / "shortdrama_compose": (
+        ROOT / "deploy" / "aws" / "iam-policy-compose.json",
+        ("s3", "sagemaker", "sagemaker-runtime"),
+        {"s3": "s3", "sagemaker": "sagemaker", "runtime": "sagemaker-runtime"},
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -65,10 +82,10 @@ class Call:
     where: str  # "queue.py:79"
 
 
-def _models() -> dict[str, Any]:
+def _models(services: tuple[str, ...] = SERVICES) -> dict[str, Any]:
     session = botocore.session.get_session()
     models: dict[str, Any] = {}
-    for service in SERVICES:
+    for service in services:
         try:
             waiters = session.get_waiter_model(service)
         except botocore.exceptions.UnknownServiceError:  # SQS has no waiters
@@ -83,17 +100,17 @@ def _action(service: str, operation: str) -> str:
         operation = S3_ACTIONS.get(operation, operation)
     if service == "sqs":
         operation = SQS_ACTIONS.get(operation, operation)
-    return f"{service}:{operation}"
+    return f"{IAM_PREFIX.get(service, service)}:{operation}"
 
 
-def _service_of(receiver: ast.expr) -> str | None:
+def _service_of(receiver: ast.expr, receivers: dict[str, str] = RECEIVERS) -> str | None:
     if isinstance(receiver, ast.Attribute):
         name = receiver.attr
     elif isinstance(receiver, ast.Name):
         name = receiver.id
     else:
         return None
-    return RECEIVERS.get(name.lstrip("_").lower())
+    return receivers.get(name.lstrip("_").lower())
 
 
 def _first_string(call: ast.Call, keyword: str) -> str | None:
@@ -105,7 +122,12 @@ def _first_string(call: ast.Call, keyword: str) -> str | None:
     return None
 
 
-def _scan(path: Path, models: dict[str, Any], root: Path = PACKAGE) -> Iterator[Call | str]:
+def _scan(
+    path: Path,
+    models: dict[str, Any],
+    root: Path = PACKAGE,
+    receivers: dict[str, str] = RECEIVERS,
+) -> Iterator[Call | str]:
     """AWS calls in one module; a string for an operation on an unknown receiver."""
     tree = ast.parse(path.read_text(), filename=str(path))
     all_ops = {op for m in models.values() for op in m["ops"]}
@@ -114,7 +136,7 @@ def _scan(path: Path, models: dict[str, Any], root: Path = PACKAGE) -> Iterator[
         if not isinstance(node, ast.Attribute):
             continue
         where = f"{path.relative_to(root)}:{node.lineno}"
-        service = _service_of(node.value)
+        service = _service_of(node.value, receivers)
         if service is None:
             if node.attr in all_ops and node.attr not in COMMON_WORDS:
                 yield f"{where}: .{node.attr} on {ast.unparse(node.value)!r}"
@@ -258,3 +280,35 @@ def test_consuming_is_limited_to_the_main_queues() -> None:
         f"arn:aws:s3:::{s.results.bucket}/{s.results.prefix}/*",
         f"arn:aws:s3:::{s.results.bucket}/{s.results.input_prefix}/*",
     }
+
+
+def _plugin_calls(package: Path) -> tuple[dict[str, list[str]], list[str]]:
+    """(action -> places, unknown receivers) in a plugin's package."""
+    _, services, receivers = PLUGINS[package]
+    models = _models(services)
+    calls: dict[str, list[str]] = {}
+    unknown: list[str] = []
+    for path in sorted(package.rglob("*.py")):
+        for found in _scan(path, models, root=package, receivers=receivers):
+            if isinstance(found, str):
+                unknown.append(found)
+            else:
+                calls.setdefault(found.action, []).append(found.where)
+    return calls, unknown
+
+
+@pytest.mark.parametrize("package", sorted(PLUGINS), ids=lambda p: p.parent.name)
+def test_a_plugins_policy_grants_exactly_its_calls(package: Path) -> None:
+    policy, _, _ = PLUGINS[package]
+    calls, unknown = _plugin_calls(package)
+    assert unknown == []
+    granted = set(_policy(policy))
+    missing = {a: calls[a] for a in set(calls) - granted}
+    assert missing == {}, "the plugin makes calls its policy denies"
+    assert granted - set(calls) == set(), "the policy grants calls the plugin never makes"
+
+
+def test_the_scanner_sees_the_compose_plugins_invocations() -> None:
+    calls, _ = _plugin_calls(ROOT / "plugins" / "compose" / "shortdrama_compose")
+    for action in ("sagemaker:InvokeEndpoint", "sagemaker:InvokeEndpointAsync", "s3:GetObject"):
+        assert action in calls, action

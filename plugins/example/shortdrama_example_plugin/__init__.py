@@ -14,7 +14,6 @@ import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-
 from shortdrama_worker.contract import CONTRACT_VERSION, Handler, HandlerInput, JobContext
 
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 from pydantic import ValidationError
-from shortdrama_example_plugin import EchoHandler, EchoInput
-
 from shortdrama_worker.contract.testing import FakeJobContext, make_env
+
+from shortdrama_example_plugin import EchoHandler, EchoInput
 
 
 async def test_echo_stores_the_text_as_json_and_links_it() -> None:
