@@ -37,11 +37,16 @@ class ModuleReading(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     source: Source = Field(description="Which module produced the reading.")
+    # Optional, so a module that does not measure a dimension may leave it out
+    # or send null (the host also drops nulls when it stores a job's input).
     valence: float | None = Field(
-        ge=-1, le=1, description="Unpleasant (-1) to pleasant (1); null if not measured."
+        default=None,
+        ge=-1,
+        le=1,
+        description="Unpleasant (-1) to pleasant (1); null: not measured.",
     )
     arousal: float | None = Field(
-        ge=-1, le=1, description="Calm (-1) to activated (1); null if not measured."
+        default=None, ge=-1, le=1, description="Calm (-1) to activated (1); null: not measured."
     )
     confidence: float = Field(ge=0, le=1, description="The module's confidence, 0–1.")
 
