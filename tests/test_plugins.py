@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from support import ScriptedHandler, submit, wait_for
 
+from shortdrama_worker.contract import (
+    CONTRACT_VERSION,
+    Handler,
+    HandlerInput,
+    ImageRef,
+    JobContext,
+    NoSettings,
+    file_ref,
+)
+from shortdrama_worker.contract.testing import data_uri
 from shortdrama_worker.handlers.face_mask import FaceMaskHandler
 from shortdrama_worker.plugins import HandlerRegistry, PluginError
+
+SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "face.png"
 
 
 def test_the_example_plugin_is_found_through_its_entry_point() -> None:
@@ -58,3 +73,37 @@ def test_duplicate_kinds_from_two_distributions_stop_start_up() -> None:
 def test_a_kind_must_be_snake_case() -> None:
     with pytest.raises(PluginError, match="not snake_case"):
         HandlerRegistry.from_classes({"Face-Mask": ScriptedHandler})
+
+
+class _ProbeInput(HandlerInput):
+    image_url: ImageRef
+    clip: file_ref(accept=["audio/wav"])  # type: ignore[valid-type]
+
+
+class _ContextProbe(Handler[Any, NoSettings]):
+    """Uses the two context services a plugin cannot reach any other way."""
+
+    contract_version = CONTRACT_VERSION
+    input_model = _ProbeInput
+
+    async def run(self, params: _ProbeInput, ctx: JobContext) -> dict[str, Any]:
+        faces = await ctx.detect_faces(await ctx.fetch_image(params.image_url, field="image_url"))
+        clip = await ctx.fetch_file(params.clip, field="clip", accept=["audio/wav"])
+        return {"faces": len(faces), "clip_type": clip.content_type}
+
+
+async def test_a_plugin_gets_the_local_detector_and_inline_files(
+    make_settings: Any, start_app: Any
+) -> None:
+    registry = HandlerRegistry.from_classes({"context_probe": _ContextProbe})
+    _, client = await start_app(make_settings(), registry)
+    face = io.BytesIO()
+    Image.open(SAMPLE).convert("RGB").save(face, format="JPEG")
+    wav = b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(28)
+    payload = {
+        "image_url": data_uri(face.getvalue(), "image/jpeg"),
+        "clip": data_uri(wav, "audio/wav"),
+    }
+    job = await wait_for(client, await submit(client, "context-probe", payload))
+    assert job["status"] == "completed", job
+    assert job["result"] == {"faces": 1, "clip_type": "audio/wav"}
