@@ -106,32 +106,48 @@ def rejection_error(body: Any, graph: Mapping[str, Any] | None) -> ComfyRejected
     """Build the error for a ``400`` from ``POST /prompt`` (or a 200 with node errors)."""
     if not isinstance(body, Mapping):
         return ComfyRejectedError(f"ComfyUI rejected the workflow: {str(body)[:500]}")
-    node_errors = body.get("node_errors")
-    problems: list[str] = []
-    nodes: list[str] = []
-    if isinstance(node_errors, Mapping):
-        for node_id, info in node_errors.items():
-            nodes.append(str(node_id))
-            class_type = _str(info.get("class_type")) if isinstance(info, Mapping) else None
-            errors = info.get("errors") if isinstance(info, Mapping) else None
-            details = [_format_error(e) for e in errors or [] if isinstance(e, Mapping)]
-            label = describe_node(str(node_id), graph, class_type)
-            problems.append(f"{label}: {'; '.join(details) or 'invalid'}")
+    problems, nodes = _node_problems(body.get("node_errors"), graph)
     error = body.get("error")
     if not problems and isinstance(error, Mapping):
-        # invalid_prompt / missing_node_type / prompt_no_outputs carry no node_errors;
-        # the node, when there is one, is only in ``details`` ("Node ID '#3'"):
-        # name it as the template does, title included, so it can be found.
-        found = _NODE_ID_RE.search(_str(error.get("details")) or "")
-        text = _format_error(error)
-        if found is not None:
-            node_id = found.group(1)
-            nodes.append(node_id)
-            text = f"{describe_node(node_id, graph)}: {_str(error.get('message')) or text}"
+        text, node_id = _prompt_problem(error, graph)
         problems.append(text)
+        nodes.extend([node_id] if node_id else [])
     elif not problems:
         problems.append(str(error or "invalid workflow")[:500])
     return ComfyRejectedError("ComfyUI rejected the workflow: " + " | ".join(problems), nodes=nodes)
+
+
+def _node_problems(
+    node_errors: Any, graph: Mapping[str, Any] | None
+) -> tuple[list[str], list[str]]:
+    """One line per node in ``node_errors``, and the ids of those nodes."""
+    problems: list[str] = []
+    nodes: list[str] = []
+    if not isinstance(node_errors, Mapping):
+        return problems, nodes
+    for node_id, info in node_errors.items():
+        nodes.append(str(node_id))
+        class_type = _str(info.get("class_type")) if isinstance(info, Mapping) else None
+        errors = info.get("errors") if isinstance(info, Mapping) else None
+        details = [_format_error(e) for e in errors or [] if isinstance(e, Mapping)]
+        label = describe_node(str(node_id), graph, class_type)
+        problems.append(f"{label}: {'; '.join(details) or 'invalid'}")
+    return problems, nodes
+
+
+def _prompt_problem(
+    error: Mapping[str, Any], graph: Mapping[str, Any] | None
+) -> tuple[str, str | None]:
+    """The line for a whole-prompt error, and the node it names, if any."""
+    # invalid_prompt / missing_node_type / prompt_no_outputs carry no node_errors;
+    # the node, when there is one, is only in ``details`` ("Node ID '#3'"):
+    # name it as the template does, title included, so it can be found.
+    found = _NODE_ID_RE.search(_str(error.get("details")) or "")
+    text = _format_error(error)
+    if found is None:
+        return text, None
+    node_id = found.group(1)
+    return f"{describe_node(node_id, graph)}: {_str(error.get('message')) or text}", node_id
 
 
 def execution_error(

@@ -25,6 +25,7 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,20 @@ _MAX_MSG_BYTES = 64 * 1024 * 1024
 ProgressCallback = Callable[[Progress], Awaitable[None]]
 WithdrawCallback = Callable[[str], Awaitable[None]]
 """Told how a withdrawal went: ``honoured``, ``stuck``, then ``late``, or ``lost``."""
+
+
+@dataclass
+class _Watch:
+    """What following one prompt remembers between WebSocket messages."""
+
+    tracker: NodeProgress
+    last_heard: float
+    """When we last heard about our prompt (a message, or an HTTP answer)."""
+    failures: int = 0
+    """Connect failures and sockets that closed before telling us anything, since
+    we last heard about our prompt; bounded by ``reconnect_attempts``."""
+    next_connect: float = 0.0
+    terminal_seen: bool = False
 
 
 class PromptRun:
@@ -197,79 +212,88 @@ class PromptRun:
         """
         if self.submitted_at is None:
             raise RuntimeError("submit() first")
-        options = self.client.options
-        # Connect failures and sockets that closed before telling us anything,
-        # since we last heard about our prompt; bounded by reconnect_attempts.
-        failures = 0
-        next_connect = 0.0
-        last_heard = time.monotonic()
-        terminal_seen = False
-        tracker = NodeProgress(self.graph)
+        watch = _Watch(tracker=NodeProgress(self.graph), last_heard=time.monotonic())
         while True:
-            now = time.monotonic()
             if self._ws is None:
-                if failures < options.reconnect_attempts:
-                    if now < next_connect:
-                        await asyncio.sleep(next_connect - now)
-                        continue
-                    try:
-                        await self._connect()
-                    except ComfyUnavailableError:
-                        failures += 1
-                        next_connect = time.monotonic() + self._backoff(failures)
-                        if failures < options.reconnect_attempts:
-                            continue
-                        # Out of attempts: HTTP decides whether to go on by polling.
-                    else:
-                        self.reconnects += 1
-                else:
-                    await asyncio.sleep(options.fallback_poll_s)
-                # Whatever happened while the socket was down, history knows.
-                entry = await self._reconcile()
-                if entry is not None:
-                    return self._finish(entry)
-                last_heard = time.monotonic()
-                continue
-
-            quiet_for = _AFTER_TERMINAL_POLL_S if terminal_seen else options.poll_interval_s
-            try:
-                message = await self._ws.receive(timeout=max(0.0, last_heard + quiet_for - now))
-            except TimeoutError:
-                entry = await self._reconcile()
-                if entry is not None:
-                    return self._finish(entry)
-                last_heard = time.monotonic()
-                continue
-
-            if message.type in (aiohttp.WSMsgType.BINARY,):
-                continue  # preview frames: not results, and not about completion
-            if message.type is not aiohttp.WSMsgType.TEXT:
-                # CLOSE, CLOSED, ERROR: reopen at once the first time, then back off
-                # so that a socket that keeps closing cannot spin.
-                await self._close()
-                failures += 1
-                next_connect = time.monotonic() + (
-                    self._backoff(failures - 1) if failures > 1 else 0.0
-                )
-                continue
-            event = _decode(message.data)
-            if event is None or event.prompt_id != self.prompt_id:
-                continue
-            last_heard = time.monotonic()
-            failures = 0
-            if event.type == "executing" and event.data.get("node") is None:
-                entry = await self._history_after_end()
-                if entry is not None:
-                    return self._finish(entry)
-                terminal_seen = True
-            elif event.type in TERMINAL_EVENTS:
-                terminal_seen = True
+                entry = await self._while_disconnected(watch)
             else:
-                if event.type != "execution_cached" and self.started_at is None:
-                    self.started_at = time.monotonic()
-                update = tracker.feed(event)
-                if update is not None and on_progress is not None:
-                    await on_progress(update)
+                entry = await self._next_message(watch, on_progress)
+            if entry is not None:
+                return self._finish(entry)
+
+    async def _while_disconnected(self, watch: _Watch) -> Mapping[str, Any] | None:
+        """Reconnect (with backoff), then ask HTTP what happened meanwhile."""
+        options = self.client.options
+        if watch.failures < options.reconnect_attempts:
+            now = time.monotonic()
+            if now < watch.next_connect:
+                await asyncio.sleep(watch.next_connect - now)
+                return None
+            try:
+                await self._connect()
+            except ComfyUnavailableError:
+                watch.failures += 1
+                watch.next_connect = time.monotonic() + self._backoff(watch.failures)
+                if watch.failures < options.reconnect_attempts:
+                    return None
+                # Out of attempts: HTTP decides whether to go on by polling.
+            else:
+                self.reconnects += 1
+        else:
+            await asyncio.sleep(options.fallback_poll_s)
+        # Whatever happened while the socket was down, history knows.
+        entry = await self._reconcile()
+        watch.last_heard = time.monotonic()
+        return entry
+
+    async def _next_message(
+        self, watch: _Watch, on_progress: ProgressCallback | None
+    ) -> Mapping[str, Any] | None:
+        """One WebSocket message (or a quiet spell): the history entry once finished."""
+        assert self._ws is not None
+        quiet_for = (
+            _AFTER_TERMINAL_POLL_S if watch.terminal_seen else self.client.options.poll_interval_s
+        )
+        try:
+            wait_s = max(0.0, watch.last_heard + quiet_for - time.monotonic())
+            message = await self._ws.receive(timeout=wait_s)
+        except TimeoutError:
+            entry = await self._reconcile()
+            watch.last_heard = time.monotonic()
+            return entry
+        if message.type is aiohttp.WSMsgType.BINARY:
+            return None  # preview frames: not results, and not about completion
+        if message.type is not aiohttp.WSMsgType.TEXT:
+            # CLOSE, CLOSED, ERROR: reopen at once the first time, then back off
+            # so that a socket that keeps closing cannot spin.
+            await self._close()
+            watch.failures += 1
+            backoff = self._backoff(watch.failures - 1) if watch.failures > 1 else 0.0
+            watch.next_connect = time.monotonic() + backoff
+            return None
+        event = _decode(message.data)
+        if event is None or event.prompt_id != self.prompt_id:
+            return None
+        watch.last_heard = time.monotonic()
+        watch.failures = 0
+        return await self._on_event(event, watch, on_progress)
+
+    async def _on_event(
+        self, event: Event, watch: _Watch, on_progress: ProgressCallback | None
+    ) -> Mapping[str, Any] | None:
+        if event.type == "executing" and event.data.get("node") is None:
+            entry = await self._history_after_end()
+            watch.terminal_seen = entry is None
+            return entry
+        if event.type in TERMINAL_EVENTS:
+            watch.terminal_seen = True
+            return None
+        if event.type != "execution_cached" and self.started_at is None:
+            self.started_at = time.monotonic()
+        update = watch.tracker.feed(event)
+        if update is not None and on_progress is not None:
+            await on_progress(update)
+        return None
 
     def _backoff(self, failures: int) -> float:
         options = self.client.options

@@ -292,24 +292,9 @@ class ProviderClient:
             attempt += 1
             if limited:
                 await self.limiter.acquire()
-            started = time.monotonic()
-            retry_after: float | None = None
-            try:
-                async with self._http.request(
-                    method, url, json=json_body, headers=headers, timeout=timeout
-                ) as r:
-                    body = await r.read()
-                    resp = ProviderResponse(r.status, dict(r.headers), body)
-            except TimeoutError:
-                outcome, reason, resp_opt = "timeout", f"no answer within {s.timeout_s:g} s", None
-            except aiohttp.ClientError as exc:
-                outcome, reason, resp_opt = "connection", f"connection failed ({exc})", None
-            else:
-                outcome, resp_opt = status_class(resp.status), resp
-                code, _ = error_of(resp.body)
-                reason = f"HTTP {resp.status}" + (f" {code}" if code else "")
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-            self._observe(outcome, time.monotonic() - started)
+            resp_opt, reason, retry_after = await self._attempt(
+                method, url, json_body=json_body, headers=headers, timeout=timeout
+            )
 
             if resp_opt is not None and not self._retryable(resp_opt):
                 return resp_opt
@@ -340,6 +325,36 @@ class ProviderClient:
                 delay_s=round(delay, 3),
             )
             await asyncio.sleep(delay)
+
+    async def _attempt(
+        self,
+        method: str,
+        url: str,
+        *,
+        json_body: Mapping[str, Any] | None,
+        headers: Mapping[str, str] | None,
+        timeout: aiohttp.ClientTimeout,
+    ) -> tuple[ProviderResponse | None, str, float | None]:
+        """One request: its response (``None`` if none came), why it failed, Retry-After."""
+        started = time.monotonic()
+        retry_after: float | None = None
+        resp: ProviderResponse | None = None
+        try:
+            async with self._http.request(
+                method, url, json=json_body, headers=headers, timeout=timeout
+            ) as r:
+                resp = ProviderResponse(r.status, dict(r.headers), await r.read())
+        except TimeoutError:
+            outcome, reason = "timeout", f"no answer within {self.settings.timeout_s:g} s"
+        except aiohttp.ClientError as exc:
+            outcome, reason = "connection", f"connection failed ({exc})"
+        else:
+            outcome = status_class(resp.status)
+            code, _ = error_of(resp.body)
+            reason = f"HTTP {resp.status}" + (f" {code}" if code else "")
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        self._observe(outcome, time.monotonic() - started)
+        return resp, reason, retry_after
 
     def _retryable(self, resp: ProviderResponse) -> bool:
         if resp.status < 400:

@@ -53,13 +53,7 @@ class JobQuery:
 
 def parse_query(params: Any, submitted_by: str | None) -> JobQuery:
     """Read ``status``, ``kind``, ``since``, ``until`` and ``limit`` from the query string."""
-    statuses: tuple[str, ...] = STATUSES
-    if params.get("status"):
-        wanted = [s.strip() for s in params["status"].split(",") if s.strip()]
-        unknown = [s for s in wanted if s not in STATUSES]
-        if unknown or not wanted:
-            raise ListingError(f"status: unknown {', '.join(unknown)}; use {', '.join(STATUSES)}")
-        statuses = tuple(s for s in STATUSES if s in wanted)
+    statuses = _statuses(params)
     kind = params.get("kind") or None
     if kind is not None and len(kind) > 100:
         raise ListingError("kind: longer than 100 characters")
@@ -67,13 +61,27 @@ def parse_query(params: Any, submitted_by: str | None) -> JobQuery:
     until = _time(params, "until")
     if since is not None and until is not None and since > until:
         raise ListingError("since: later than until")
+    return JobQuery(statuses, kind, since, until, submitted_by, _limit(params))
+
+
+def _statuses(params: Any) -> tuple[str, ...]:
+    if not params.get("status"):
+        return STATUSES
+    wanted = [s.strip() for s in params["status"].split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in STATUSES]
+    if unknown or not wanted:
+        raise ListingError(f"status: unknown {', '.join(unknown)}; use {', '.join(STATUSES)}")
+    return tuple(s for s in STATUSES if s in wanted)
+
+
+def _limit(params: Any) -> int:
     try:
         limit = int(params.get("limit", DEFAULT_LIMIT))
     except ValueError:
         raise ListingError(f"limit: not an integer (1–{MAX_LIMIT})") from None
     if not 1 <= limit <= MAX_LIMIT:
         raise ListingError(f"limit: must be 1–{MAX_LIMIT}")
-    return JobQuery(statuses, kind, since, until, submitted_by, limit)
+    return limit
 
 
 def _time(params: Any, name: str) -> float | None:

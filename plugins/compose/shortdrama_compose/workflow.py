@@ -47,18 +47,7 @@ class Workflow:
             raise WorkflowError(f"workflow {path}: expected an API-format graph (Export (API))")
         markers: dict[str, list[tuple[str, str]]] = {}
         for node_id, node in graph.items():
-            inputs = node.get("inputs") if isinstance(node, dict) else None
-            if not isinstance(inputs, dict) or not isinstance(node.get("class_type"), str):
-                raise WorkflowError(f"workflow {path}: node {node_id} lacks class_type or inputs")
-            meta = node.get("_meta")
-            title = meta.get("title", "") if isinstance(meta, dict) else ""
-            for match in MARKER_RE.finditer(title if isinstance(title, str) else ""):
-                name, target = match.group(1), match.group(2) or match.group(1)
-                if target not in inputs or _is_link(inputs[target]):
-                    raise WorkflowError(
-                        f"workflow {path}: ${name} on node {node_id} ({node['class_type']}) "
-                        f"needs a literal input '{target}'"
-                    )
+            for name, target in _node_markers(path, str(node_id), node):
                 markers.setdefault(name, []).append((str(node_id), target))
         return cls(str(path), graph, {k: tuple(v) for k, v in markers.items()})
 
@@ -77,6 +66,25 @@ class Workflow:
             for node_id, target in self.markers.get(name, ()):
                 graph[node_id]["inputs"][target] = value
         return graph
+
+
+def _node_markers(path: Path, node_id: str, node: Any) -> list[tuple[str, str]]:
+    """The ``(marker, input)`` pairs in one node's title, each checked to set a literal."""
+    inputs = node.get("inputs") if isinstance(node, dict) else None
+    if not isinstance(inputs, dict) or not isinstance(node.get("class_type"), str):
+        raise WorkflowError(f"workflow {path}: node {node_id} lacks class_type or inputs")
+    meta = node.get("_meta")
+    title = meta.get("title", "") if isinstance(meta, dict) else ""
+    found = []
+    for match in MARKER_RE.finditer(title if isinstance(title, str) else ""):
+        name, target = match.group(1), match.group(2) or match.group(1)
+        if target not in inputs or _is_link(inputs[target]):
+            raise WorkflowError(
+                f"workflow {path}: ${name} on node {node_id} ({node['class_type']}) "
+                f"needs a literal input '{target}'"
+            )
+        found.append((name, target))
+    return found
 
 
 def _is_link(value: Any) -> bool:
