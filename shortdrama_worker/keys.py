@@ -10,6 +10,7 @@ from shortdrama_worker.consumer import Consumer
 from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.netguard import AddressPolicy
 from shortdrama_worker.plugins import AnyHandler, HandlerRegistry
+from shortdrama_worker.provenance import ContentCredentials
 from shortdrama_worker.queue import JobQueue
 from shortdrama_worker.results import ResultStore
 from shortdrama_worker.runner import JobRunner
@@ -32,3 +33,4 @@ RESULTS = web.AppKey("results", ResultStore)
 RUNNER = web.AppKey("runner", JobRunner)
 WEBHOOKS = web.AppKey("webhooks", WebhookSender)
 CONSUMER = web.AppKey[Consumer | None]("consumer")
+CONTENT_CREDENTIALS = web.AppKey[ContentCredentials | None]("content_credentials")

@@ -32,6 +32,7 @@ from shortdrama_worker.inputs import InputFetcher
 from shortdrama_worker.jobview import files_of, freeze_result
 from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.plugins import AnyHandler, HandlerRegistry
+from shortdrama_worker.provenance import ContentCredentials
 from shortdrama_worker.queue import JobMessage, JobQueue, MalformedMessage, QueueError
 from shortdrama_worker.results import ResultStore
 from shortdrama_worker.settings import Settings
@@ -83,6 +84,7 @@ class JobRunner:
         metrics: Metrics,
         gpu_slots: GpuSlots,
         webhooks: WebhookSender,
+        credentials: ContentCredentials | None = None,
     ) -> None:
         self.settings = settings
         self.owner = owner
@@ -96,6 +98,7 @@ class JobRunner:
         self.metrics = metrics
         self.gpu_slots = gpu_slots
         self.webhooks = webhooks
+        self.credentials = credentials
         self.running: dict[str, RunningJob] = {}
         caps = settings.consumer.kind_concurrency
         self._kind_caps = {kind: asyncio.Semaphore(n) for kind, n in caps.items()}
@@ -254,6 +257,8 @@ class JobRunner:
             fetcher=self.fetcher,
             gpu_slots=self.gpu_slots,
             progress_interval_s=self.settings.consumer.progress_min_interval_s,
+            credentials=self.credentials,
+            provenance=spec.cls.provenance,
         )
         started = time.monotonic()
         try:

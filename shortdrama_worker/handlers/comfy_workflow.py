@@ -22,7 +22,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from shortdrama_worker.comfy.workflows import Scalar, Workflow, load_directory
-from shortdrama_worker.contract import HandlerInput, JobContext
+from shortdrama_worker.contract import HandlerInput, JobContext, Provenance
 from shortdrama_worker.contract.errors import PermanentJobError
 from shortdrama_worker.contract.fields import ImageRef
 from shortdrama_worker.handlers.comfy_common import (
@@ -81,6 +81,15 @@ class ComfyWorkflowHandler(ComfyHandler):
     settings_model: ClassVar[type[BaseModel]] = ComfyWorkflowSettings
     description: ClassVar[str] = (
         "Run one of the operator's ComfyUI workflows by name with named image and value inputs."
+    )
+
+    # The operator's graph is unknown here; ComfyUI graphs generate pixels with a
+    # model, so that is what is claimed (an edit of the first image, if any).
+    provenance: ClassVar[Provenance | None] = Provenance(
+        action="c2pa.edited",
+        source_type="trainedAlgorithmicMedia",
+        provider="comfyui",
+        description="an operator workflow run in ComfyUI",
     )
 
     workflows: dict[str, Workflow]
