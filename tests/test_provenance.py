@@ -234,6 +234,20 @@ def test_a_model_edit_records_source_type_model_consent_and_the_inputs_provenanc
     )
 
 
+def test_inputs_c2pa_cannot_parse_are_recorded_by_their_hash(
+    signer: ContentCredentials, trust: str
+) -> None:
+    truncated = encode(photo(64, 48))[:60]  # a PNG header and little else
+    inputs = [
+        InputRecord("image_url", truncated, "image/png"),
+        InputRecord("voice", b"ID3\x04\x00\x00\x00\x00\x00\x00", "audio/mpeg"),
+    ]
+    signed = signer.sign(encode(photo(64, 48)), "image/png", FACTS, Provenance(), inputs)
+    report = read_credentials(signed.data, "image/png", trust_anchors=trust)
+    assert report.trusted, report.failures
+    assert ingredient_hashes(report) == {r.field: r.sha256 for r in inputs}
+
+
 def test_without_an_input_to_edit_the_result_is_recorded_as_created(
     signer: ContentCredentials,
 ) -> None:

@@ -44,6 +44,8 @@ _ALGORITHMS = {
     "ps256": c2pa.C2paSigningAlg.PS256,
     "ed25519": c2pa.C2paSigningAlg.ED25519,
 }
+# Formats whose embedded manifests are looked for in inputs.
+_READABLE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})
 # 1×1 RGB PNG: the start-up self-test signs and validates it.
 _PROBE_PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010802000000907753de"
@@ -87,6 +89,11 @@ class ContentCredentials:
         definition, ingredients = build_manifest(
             facts, provenance, inputs, label=label, content_type=content_type, version=__version__
         )
+        # An input that carries Content Credentials is added from its bytes, so its
+        # manifest travels along; any other is described by its hash alone (c2pa
+        # would only parse it, and would refuse a format it does not know).
+        carried = [i for i in ingredients if self._has_credentials(i.record)]
+        definition["ingredients"] = [i.definition for i in ingredients if i not in carried]
         out = io.BytesIO()
         try:
             # A Signer and Context per file: each native handle then has one user,
@@ -96,7 +103,7 @@ class ContentCredentials:
                 c2pa.Signer.from_info(self._info) as signer,
                 c2pa.Builder(definition, context=context) as builder,
             ):
-                for ingredient in ingredients:
+                for ingredient in carried:
                     builder.add_ingredient(
                         ingredient.definition,
                         ingredient.record.content_type or "application/octet-stream",
@@ -106,6 +113,23 @@ class ContentCredentials:
         except c2pa.C2paError as exc:
             raise SigningError(str(exc)) from None
         return SignedFile(out.getvalue(), label)
+
+    def _has_credentials(self, record: InputRecord) -> bool:
+        if record.content_type not in _READABLE_TYPES:
+            return False
+        try:
+            reader = c2pa.Reader.try_create(
+                record.content_type, io.BytesIO(record.data), None, self._read_context()
+            )
+        except c2pa.C2paError:
+            return False  # unreadable credentials: the input is recorded by its hash
+        if reader is None:
+            return False
+        reader.close()
+        return True
+
+    def _read_context(self) -> Any:
+        return c2pa.Context(settings=c2pa.Settings.from_json(self._settings))
 
     async def sign_async(
         self,
