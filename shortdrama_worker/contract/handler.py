@@ -20,10 +20,11 @@ from structlog.typing import FilteringBoundLogger
 from shortdrama_worker.contract.context import JobContext, PluginMetrics
 from shortdrama_worker.contract.values import Health, Provenance, Resource
 
-CONTRACT_VERSION = "1.0"
+CONTRACT_VERSION = "1.1"
 """The contract's version. A plugin declares the one it was built for in
 ``Handler.contract_version``; the host refuses another major version, or a
-newer minor one, at start-up."""
+newer minor one, at start-up. 1.1 added ``Handler.provenance`` and
+``store_result(..., provenance=)`` (Content Credentials)."""
 
 
 class HandlerInput(BaseModel):
