@@ -97,6 +97,12 @@ def main() -> None:
             300,
         ),
         (
+            "Content Credentials (C2PA) per 1024² result: signing time and bytes added",
+            ["bench/c2pa_signing.py"],
+            "bench/c2pa_signing.py",
+            300,
+        ),
+        (
             "Profile of the dispatch hot path (pyinstrument, worker process)",
             ["bench/profile_dispatch.py", "--lines", "60"],
             "bench/profile_dispatch.py",

@@ -35,6 +35,7 @@ from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.middleware import json_errors, request_context
 from shortdrama_worker.netguard import AddressPolicy, GuardedResolver
 from shortdrama_worker.plugins import AnyHandler, HandlerRegistry, PluginError, Readiness
+from shortdrama_worker.provenance.startup import open_content_credentials
 from shortdrama_worker.provision import provision
 from shortdrama_worker.queue import JobQueue
 from shortdrama_worker.reconcile import Reconciler
@@ -72,6 +73,7 @@ def create_app(
     app[keys.METRICS].declare_kinds(list(app[keys.REGISTRY].by_kind))
     app.cleanup_ctx.extend(
         [
+            _credentials,
             _aws_endpoint,
             _clients,
             _services,
@@ -90,6 +92,12 @@ def create_app(
 
 def instance_id(settings: Settings) -> str:
     return settings.instance_id or f"{socket.gethostname()}:{os.getpid()}"
+
+
+async def _credentials(app: web.Application) -> AsyncIterator[None]:
+    # First: a certificate that cannot sign stops start-up before anything opens.
+    app[keys.CONTENT_CREDENTIALS] = open_content_credentials(app[keys.SETTINGS].provenance)
+    yield
 
 
 async def _aws_endpoint(app: web.Application) -> AsyncIterator[None]:
@@ -220,6 +228,7 @@ async def _handlers(app: web.Application) -> AsyncIterator[None]:
             gates=app[keys.GATES],
             webhooks=webhooks,
             faces=_local_faces(),
+            credentials=app[keys.CONTENT_CREDENTIALS],
         )
         yield
         await webhooks.close()

@@ -1,4 +1,4 @@
-"""``shortdrama-worker``: serve, init, handlers, submit, status, jobs, cancel, keygen.
+"""``shortdrama-worker``: serve, init, handlers, jobs, submit, status, cancel, verify, certs.
 
 Exit codes: 0 success; 1 the job failed or was cancelled; 2 usage or
 configuration error (a busy port included); 3 the service or AWS could not be
@@ -116,6 +116,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--api", help="API base URL (default from config)")
     p.set_defaults(func=cmd_cancel)
 
+    p = sub.add_parser(
+        "verify", help="print a file's Content Credentials (C2PA) and whether they validate"
+    )
+    p.add_argument("file")
+    p.add_argument(
+        "--trust", metavar="CA.pem", help="CA certificate(s) whose signers count as trusted"
+    )
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("certs", help="make a development CA and C2PA signing certificate")
+    p.add_argument(
+        "--dev", action="store_true", required=True, help="a development one (the only kind)"
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="directory to write them to")
+    p.set_defaults(func=cmd_certs)
+
     p = sub.add_parser("keygen", help="make an API key and the [[auth.keys]] entry for it")
     p.add_argument("--id", required=True, help="name recorded as submitted_by")
     p.add_argument("--kinds", default="*", help="comma-separated kinds it may submit")
@@ -130,6 +146,52 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     kinds = ", ".join(f'"{k.strip()}"' for k in args.kinds.split(",") if k.strip())
     print(f"# give the client: {key}", file=sys.stderr)
     print(f'[[auth.keys]]\nid = "{args.id}"\nsha256 = "{digest}"\nkinds = [{kinds}]')
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from shortdrama_worker.contract import sniff_content_type
+    from shortdrama_worker.provenance import read_credentials
+
+    file = Path(args.file)
+    try:
+        data = file.read_bytes()
+        trust = Path(args.trust).read_text() if args.trust else None
+    except OSError as exc:
+        raise CliError(f"{exc.filename}: {exc.strerror}") from None
+    report = read_credentials(data, sniff_content_type(data), trust_anchors=trust)
+    if report.state is None:
+        print(f"{file}: no Content Credentials (absence proves nothing about the file's origin)")
+        return EXIT_JOB_FAILED
+    print(json.dumps(report.store, indent=2, ensure_ascii=False))
+    job = report.assertion()
+    signer = report.active.get("signature_info", {})
+    print(f"manifest:  {report.manifest_id}")
+    print(f"signed by: {signer.get('common_name')} (issuer {signer.get('issuer')})")
+    if job:
+        print(
+            f"job:       {job.get('job_id')} ({job.get('kind')}), "
+            f"submitted by {job.get('submitted_by') or 'an unauthenticated client'}"
+        )
+    if not report.valid:
+        print(f"INVALID: {'; '.join(report.failures) or report.state}")
+        return EXIT_JOB_FAILED
+    trusted = (
+        "trusted" if report.trusted else "not checked against a trust list (give --trust CA.pem)"
+    )
+    print(f"valid:     signature and content hashes check out; signer {trusted}")
+    return EXIT_OK
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    from shortdrama_worker.provenance import make_dev_certificate
+
+    out = Path(args.out)
+    if (out / "signer.key").exists():
+        raise CliError(f"{out} already holds a signing key; choose another directory")
+    files = make_dev_certificate(out.resolve())
+    print(f"# development only: verifiers trust it only when given {files.ca}", file=sys.stderr)
+    print(f'[provenance]\ncertificate = "{files.chain}"\nprivate_key = "{files.key}"')
     return EXIT_OK
 
 
@@ -175,6 +237,7 @@ async def _serve(settings: Any) -> int:
     from shortdrama_worker import keys
     from shortdrama_worker.app import create_app
     from shortdrama_worker.plugins import PluginError
+    from shortdrama_worker.provenance import CertificateError
     from shortdrama_worker.sdnotify import SystemdNotifier
 
     log = structlog.get_logger("shortdrama_worker.serve")
@@ -196,7 +259,7 @@ async def _serve(settings: Any) -> int:
         if consumer is not None:
             await consumer.stop()
         await runner.cleanup()
-        if isinstance(exc, PluginError):
+        if isinstance(exc, PluginError | CertificateError):
             raise CliError(str(exc)) from None
         if isinstance(exc, OSError):
             where = f"{settings.api.host}:{settings.api.port}"

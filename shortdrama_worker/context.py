@@ -15,6 +15,7 @@ from shortdrama_worker.contract import (
     FetchedInput,
     InputError,
     PermanentJobError,
+    Provenance,
     StoredResult,
     TransientJobError,
     sniff_content_type,
@@ -23,6 +24,13 @@ from shortdrama_worker.faces.boxes import FaceDetector
 from shortdrama_worker.gates import GpuSlots
 from shortdrama_worker.inputs import InputFetcher
 from shortdrama_worker.metrics import Metrics
+from shortdrama_worker.provenance import (
+    SIGNED_TYPES,
+    ContentCredentials,
+    InputRecord,
+    JobFacts,
+    SigningError,
+)
 from shortdrama_worker.results import ResultStore, ResultStoreError
 from shortdrama_worker.store import StaleTransition, StoreError, Task, TaskStore
 
@@ -44,6 +52,8 @@ class RunContext:
         gpu_slots: GpuSlots,
         progress_interval_s: float,
         faces: FaceDetector | None = None,
+        credentials: ContentCredentials | None = None,
+        provenance: Provenance | None = None,
     ) -> None:
         self.job_id = task.task_id
         self.kind = task.job_type
@@ -63,6 +73,11 @@ class RunContext:
         self._last_stage: str | None = None
         self.primary: StoredResult | None = None
         self.stored: list[StoredResult] = []
+        self._credentials = credentials
+        self._provenance = provenance or Provenance()
+        # Every input fetched, in the order the handler asked for them: the
+        # ingredients of the Content Credentials of each result image.
+        self.inputs: list[InputRecord | None] = []
 
     async def fetch_file(
         self,
@@ -73,6 +88,7 @@ class RunContext:
         max_bytes: int | None = None,
     ) -> FetchedInput:
         started = time.monotonic()
+        slot = self._input_slot()
         fetched = await self._fetcher.fetch(ref, field=field, kind="file")
         limit = max_bytes or self._fetcher.settings.max_bytes
         if len(fetched.data) > limit:
@@ -84,15 +100,23 @@ class RunContext:
                 field, f"is {what}; expected {', '.join(accept)}", code="unsupported_format"
             )
         self.metrics.observe_phase(self.kind, "fetch", time.monotonic() - started)
+        self.inputs[slot] = InputRecord(field, fetched.data, sniffed)
         return FetchedInput(fetched.data, sniffed, fetched.source)
 
     async def fetch_image(
         self, ref: str, *, field: str, max_side: int | None = None
     ) -> Image.Image:
         started = time.monotonic()
-        image = await self._fetcher.fetch_image(ref, field=field)
+        slot = self._input_slot()
+        fetched, image = await self._fetcher.fetch_decoded(ref, field=field)
         self.metrics.observe_phase(self.kind, "fetch", time.monotonic() - started)
+        self.inputs[slot] = InputRecord(field, fetched.data, sniff_content_type(fetched.data))
         return image
+
+    def _input_slot(self) -> int:
+        # Taken before the first await, so concurrent fetches keep call order.
+        self.inputs.append(None)
+        return len(self.inputs) - 1
 
     async def detect_faces(self, image: Image.Image) -> list[FaceBox]:
         if self._faces is None:
@@ -103,8 +127,17 @@ class RunContext:
         return await self._faces.detect(image)
 
     async def store_result(
-        self, data: bytes, *, content_type: str, name: str, primary: bool = True
+        self,
+        data: bytes,
+        *,
+        content_type: str,
+        name: str,
+        primary: bool = True,
+        provenance: Provenance | None = None,
     ) -> StoredResult:
+        manifest_id = None
+        if self._credentials is not None and content_type in SIGNED_TYPES:
+            data, manifest_id = await self._sign(data, content_type, name, provenance)
         key = self._results.result_key(
             self.kind, self.job_id, self._task.created_at, self.attempt, name
         )
@@ -115,11 +148,41 @@ class RunContext:
             # Never completed without a result: the job goes back for a retry.
             raise TransientJobError(str(exc), code="result_store_unavailable") from exc
         self.metrics.observe_phase(self.kind, "store", time.monotonic() - started)
-        stored = StoredResult(key=key, content_type=content_type, size=len(data))
+        stored = StoredResult(
+            key=key, content_type=content_type, size=len(data), manifest_id=manifest_id
+        )
         self.stored.append(stored)
         if primary and self.primary is None:
             self.primary = stored
         return stored
+
+    async def _sign(
+        self, data: bytes, content_type: str, name: str, provenance: Provenance | None
+    ) -> tuple[bytes, str]:
+        assert self._credentials is not None
+        facts = JobFacts(
+            job_id=self.job_id,
+            kind=self.kind,
+            attempt=self.attempt,
+            submitted_by=self._task.submitted_by,
+            created_at=self._task.created_at,
+            name=name,
+        )
+        inputs = [record for record in self.inputs if record is not None]
+        started = time.monotonic()
+        try:
+            signed = await self._credentials.sign_async(
+                data, content_type, facts, provenance or self._provenance, inputs
+            )
+        except SigningError as exc:
+            # Deterministic for these bytes: a retry would fail the same way, and
+            # an unsigned result must not leave when signing is on.
+            raise PermanentJobError(
+                f"{name}: Content Credentials could not be signed: {exc}",
+                code="content_credentials_failed",
+            ) from None
+        self.metrics.observe_phase(self.kind, "sign", time.monotonic() - started)
+        return signed.data, signed.manifest_id
 
     async def progress(self, percent: float, stage: str | None = None) -> None:
         now = time.monotonic()

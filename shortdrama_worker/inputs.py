@@ -113,8 +113,13 @@ class InputFetcher:
         return await self._fetch_http(ref, field)
 
     async def fetch_image(self, ref: str, *, field: str) -> Image.Image:
+        return (await self.fetch_decoded(ref, field=field))[1]
+
+    async def fetch_decoded(self, ref: str, *, field: str) -> tuple[FetchedInput, Image.Image]:
+        """The image's bytes as fetched (for provenance) and the image decoded."""
         fetched = await self.fetch(ref, field=field)
-        return await asyncio.to_thread(decode_image, fetched.data, field, self.settings.max_pixels)
+        image = await asyncio.to_thread(decode_image, fetched.data, field, self.settings.max_pixels)
+        return fetched, image
 
     def _check_hop(self, url: str, field: str) -> None:
         problem = check_ref(url, allow_http=self.settings.allow_http)

@@ -34,8 +34,27 @@ def freeze_result(value: Any) -> Any:
 def files_of(stored: list[StoredResult]) -> list[dict[str, Any]]:
     """The ``files`` list of a result: every file the job stored, with a link."""
     return [
-        {"url": s, "key": s.key, "content_type": s.content_type, "size": s.size} for s in stored
+        {
+            "url": s,
+            "key": s.key,
+            "content_type": s.content_type,
+            "size": s.size,
+            "manifest_id": s.manifest_id,
+        }
+        for s in stored
     ]
+
+
+def manifest_id_of(task: Task) -> str | None:
+    """The C2PA manifest id of the job's primary result file, if it was signed."""
+    files = (task.result or {}).get("files")
+    if not task.result_key or not isinstance(files, list):
+        return None
+    for entry in files:
+        if isinstance(entry, Mapping) and entry.get("key") == task.result_key:
+            manifest = entry.get("manifest_id")
+            return str(manifest) if manifest else None
+    return None
 
 
 async def render_urls(value: Any, url_of: UrlOf) -> Any:
@@ -70,6 +89,7 @@ def job_view(task: Task, base_url: str) -> dict[str, Any]:
         "webhook": webhook,
         "stage": task.stage,
         "result_url": task.result_url,
+        "manifest_id": manifest_id_of(task),
         "result": task.result,
         "error_message": task.error_message,
         "error": error,

@@ -12,6 +12,7 @@ from shortdrama_worker.gates import Gates
 from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.netguard import AddressPolicy
 from shortdrama_worker.plugins import AnyHandler, HandlerRegistry, Readiness
+from shortdrama_worker.provenance import ContentCredentials
 from shortdrama_worker.queue import JobQueue
 from shortdrama_worker.reconcile import Reconciler
 from shortdrama_worker.results import ResultStore
@@ -43,3 +44,4 @@ DEPTH = web.AppKey("queue_depth", QueueDepthExporter)
 WATCH = web.AppKey("watch", JobWatch)
 # Jobs restored from the embedded endpoint's state directory wait to be queued again.
 RESTORED = web.AppKey("restored", bool)
+CONTENT_CREDENTIALS = web.AppKey[ContentCredentials | None]("content_credentials")

@@ -100,7 +100,8 @@ class Metrics:
         )
         self.phase_duration = Histogram(
             "shortdrama_job_phase_duration_seconds",
-            "Time spent in one phase of a job (fetch, upload, queue, execute, download, store).",
+            "Time spent in one phase of a job "
+            "(fetch, upload, queue, execute, download, sign, store).",
             ["kind", "phase"],
             buckets=JOB_DURATION_BUCKETS,
             registry=r,

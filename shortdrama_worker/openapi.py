@@ -50,6 +50,10 @@ _JOB = {
         "progress": {"type": "number"},
         "stage": {"type": ["string", "null"]},
         "result_url": {"type": ["string", "null"]},
+        "manifest_id": {
+            "type": ["string", "null"],
+            "description": "Identifier of the C2PA manifest signed into the result file.",
+        },
         "result": {"type": ["object", "null"]},
         "error_message": {"type": ["string", "null"]},
         "error": {"type": ["object", "null"]},

@@ -39,6 +39,7 @@ from shortdrama_worker.outcomes import (
     decide_refusal,
 )
 from shortdrama_worker.plugins import AnyHandler, HandlerRegistry
+from shortdrama_worker.provenance import ContentCredentials
 from shortdrama_worker.queue import JobMessage, JobQueue, MalformedMessage, QueueError
 from shortdrama_worker.results import ResultStore
 from shortdrama_worker.settings import Settings
@@ -87,6 +88,7 @@ class JobRunner:
         gates: Gates,
         webhooks: WebhookSender,
         faces: FaceDetector | None = None,
+        credentials: ContentCredentials | None = None,
     ) -> None:
         self.settings = settings
         self.owner = owner
@@ -103,6 +105,7 @@ class JobRunner:
         self.settler = Settler(
             owner=owner, store=store, queue=queue, webhooks=webhooks, metrics=metrics
         )
+        self.credentials = credentials
         self.running: dict[str, RunningJob] = {}
 
     @property
@@ -282,6 +285,8 @@ class JobRunner:
             gpu_slots=self.gates.gpu,
             progress_interval_s=self.settings.consumer.progress_min_interval_s,
             faces=self.faces,
+            credentials=self.credentials,
+            provenance=handler.provenance,
         )
 
     async def _invoke(

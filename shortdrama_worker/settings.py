@@ -214,6 +214,42 @@ class WebhookSettings(Section):
     timeout_s: float = Field(default=10.0, gt=0)
 
 
+class ProvenanceSettings(Section):
+    """Content Credentials (C2PA) signed into every PNG, JPEG and WebP result."""
+
+    enabled: bool = Field(
+        default=True, description="Sign result images; off only for an operator who must."
+    )
+    certificate: Path | None = Field(
+        default=None,
+        description="PEM file: the signing certificate first, then its intermediates.",
+    )
+    private_key: Path | None = Field(
+        default=None, description="PEM file: the signing certificate's private key (PKCS#8)."
+    )
+    timestamp_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="RFC 3161 time-stamp authority; lets manifests outlive the certificate.",
+    )
+    dev_certificate: bool = Field(
+        default=False,
+        description="Without certificate/private_key: make a development CA and signing "
+        "certificate on first run, keep them in dev_certificate_dir and sign with them.",
+    )
+    dev_certificate_dir: Path | None = Field(
+        default=None,
+        description="Where the development certificate is kept; unset: "
+        "$XDG_STATE_HOME/shortdrama-worker/dev-certificate (~/.local/state/…).",
+    )
+
+    @model_validator(mode="after")
+    def _key_with_certificate(self) -> ProvenanceSettings:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("certificate and private_key are set together")
+        return self
+
+
 class LogSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["auto", "json", "console"] = "auto"
@@ -262,6 +298,7 @@ class Settings(BaseSettings):
     inputs: InputSettings = Field(default_factory=InputSettings)
     handlers: HandlerSettings = Field(default_factory=HandlerSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    provenance: ProvenanceSettings = Field(default_factory=ProvenanceSettings)
     local: LocalSettings = Field(default_factory=LocalSettings)
 
     @model_validator(mode="after")

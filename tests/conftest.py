@@ -16,6 +16,7 @@ from moto.server import ThreadedMotoServer
 from shortdrama_worker.app import create_app
 from shortdrama_worker.aws import AwsClients, open_clients
 from shortdrama_worker.plugins import HandlerRegistry
+from shortdrama_worker.provenance.certs import DevCertificate, make_dev_certificate
 from shortdrama_worker.settings import Settings, load_settings
 
 
@@ -29,8 +30,16 @@ def moto_endpoint() -> Iterator[str]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def dev_certificate(tmp_path_factory: pytest.TempPathFactory) -> DevCertificate:
+    """One development CA and C2PA signing certificate for the whole run."""
+    return make_dev_certificate(tmp_path_factory.mktemp("c2pa"))
+
+
 @pytest.fixture
-def make_settings(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Settings]:
+def make_settings(
+    moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, dev_certificate: DevCertificate
+) -> Callable[..., Settings]:
     """Settings with names unique to the test, tuned so the test runs in seconds."""
     # The developer's own environment must not leak into the tests.
     import os
@@ -62,6 +71,11 @@ def make_settings(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Callab
             # Test image servers listen on loopback, which production refuses.
             "inputs": {"allow_http": True, "timeout_s": 3.0, "allow_networks": ["127.0.0.0/8"]},
             "local": {"provision": True},
+            # Results are signed as in production, with a development certificate.
+            "provenance": {
+                "certificate": str(dev_certificate.chain),
+                "private_key": str(dev_certificate.key),
+            },
         }
         for section, values in sections.items():
             if isinstance(values, dict) and isinstance(base.get(section), dict):

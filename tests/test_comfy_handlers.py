@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -12,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 from fakes.comfyui import FakeComfyUI, Script, png_bytes
+from PIL import Image
 from pydantic import ValidationError
 from support import submit, wait_for
 
@@ -405,6 +407,12 @@ async def _result_bytes(client: Any, job: dict[str, Any]) -> bytes:
         return data
 
 
+def _pixels(data: bytes) -> bytes:
+    """An image's pixels: results carry ComfyUI's image plus a signed manifest."""
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGBA").tobytes()
+
+
 async def test_app_camera_angle_job_completes_with_its_image_in_s3(
     comfy: FakeComfyUI, make_settings: Callable[..., Any], start_app: Any
 ) -> None:
@@ -413,7 +421,7 @@ async def test_app_camera_angle_job_completes_with_its_image_in_s3(
     job_id = await submit(client, "camera-angle", {"image": IMAGE, "move": "wide_angle"})
     job = await wait_for(client, job_id)
     assert job["status"] == "completed", job
-    assert await _result_bytes(client, job) == png_bytes(0)
+    assert _pixels(await _result_bytes(client, job)) == _pixels(png_bytes(0))
     assert (
         job["result"]["instruction"] == "将镜头转为广角镜头 Turn the camera to a wide-angle lens."
     )
@@ -438,10 +446,10 @@ async def test_app_qwen_edit_job_completes_with_every_output_in_s3(
     )
     job = await wait_for(client, job_id)
     assert job["status"] == "completed", job
-    assert await _result_bytes(client, job) == png_bytes(0)
+    assert _pixels(await _result_bytes(client, job)) == _pixels(png_bytes(0))
     second = job["result"]["images"][1]
     async with client.session.get(second["url"]) as response:
-        assert await response.read() == png_bytes(1)
+        assert _pixels(await response.read()) == _pixels(png_bytes(1))
 
 
 async def test_app_comfy_workflow_job_runs_the_operator_graph(
@@ -457,7 +465,7 @@ async def test_app_comfy_workflow_job_runs_the_operator_graph(
     }
     job = await wait_for(client, await submit(client, "comfy-workflow", payload))
     assert job["status"] == "completed", job
-    assert await _result_bytes(client, job) == png_bytes(0)
+    assert _pixels(await _result_bytes(client, job)) == _pixels(png_bytes(0))
     assert comfy.submitted[-1]["prompt"]["13"]["inputs"]["steps"] == 6
 
 
@@ -506,7 +514,7 @@ async def test_app_comfyui_crash_mid_job_is_retried_once_it_is_back(
     await comfy.start()
     job = await wait_for(client, job_id, timeout=20)
     assert job["status"] == "completed" and job["attempts"] == 2, job
-    assert await _result_bytes(client, job) == png_bytes(0)
+    assert _pixels(await _result_bytes(client, job)) == _pixels(png_bytes(0))
     assert (await (await client.get("/health")).json())["checks"]["comfyui"] == "healthy"
     assert (await client.get("/ready")).status == 200
 

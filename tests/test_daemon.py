@@ -18,6 +18,8 @@ import aiohttp
 import pytest
 from PIL import Image
 
+from shortdrama_worker.provenance.certs import DevCertificate
+
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "shortdrama_worker"]
 pytestmark = pytest.mark.slow
@@ -30,7 +32,7 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def daemon_env(moto_endpoint: str) -> dict[str, str]:
+def daemon_env(moto_endpoint: str, dev_certificate: DevCertificate) -> dict[str, str]:
     suffix = uuid.uuid4().hex[:8]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHORTDRAMA_")}
     env.update(
@@ -45,6 +47,8 @@ def daemon_env(moto_endpoint: str) -> dict[str, str]:
             "SHORTDRAMA_CONSUMER__SHUTDOWN_GRACE_S": "1",
             "SHORTDRAMA_LOG__FORMAT": "json",
             "SHORTDRAMA_HANDLERS__ALLOW": '["face_mask", "example_echo"]',
+            "SHORTDRAMA_PROVENANCE__CERTIFICATE": str(dev_certificate.chain),
+            "SHORTDRAMA_PROVENANCE__PRIVATE_KEY": str(dev_certificate.key),
         }
     )
     return env

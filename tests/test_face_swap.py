@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw
 from pydantic import ValidationError
 from support import submit, wait_for
 
-from shortdrama_worker.contract import FetchedInput, HandlerEnv, StoredResult
+from shortdrama_worker.contract import FetchedInput, HandlerEnv, Provenance, StoredResult
 from shortdrama_worker.contract.errors import InputError, PermanentJobError
 from shortdrama_worker.contract.fields import REFERENCE_CHECK
 from shortdrama_worker.handlers.face_swap import FaceSwapHandler
@@ -35,6 +35,7 @@ from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.plugins import HandlerRegistry
 
 LOG = structlog.get_logger("test")
+CONSENT = {"release_form": "RF-2026-0042", "attested_by": "casting: j.doe"}
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "face.png"
 FAST = {"backoff_base_s": 0.01, "backoff_max_s": 0.02, "requests_per_minute": 0}
 SKIN = (201, 152, 118)
@@ -79,6 +80,7 @@ class MemoryContext:
         self.settings: dict[str, Any] = {}
         self.metrics = Metrics()
         self.stored: dict[str, tuple[bytes, str, bool]] = {}
+        self.provenance: dict[str, Provenance | None] = {}
         self.stages: list[tuple[float, str | None]] = []
 
     async def fetch_bytes(self, ref: str, *, field: str) -> FetchedInput:
@@ -90,10 +92,17 @@ class MemoryContext:
         return image
 
     async def store_result(
-        self, data: bytes, *, content_type: str, name: str, primary: bool = True
+        self,
+        data: bytes,
+        *,
+        content_type: str,
+        name: str,
+        primary: bool = True,
+        provenance: Provenance | None = None,
     ) -> StoredResult:
         key = f"results/{self.kind}/{self.job_id}/{name}"
         self.stored[key] = (data, content_type, primary)
+        self.provenance[key] = provenance
         return StoredResult(key=key, content_type=content_type, size=len(data))
 
     async def progress(self, percent: float, stage: str | None = None) -> None:
@@ -174,6 +183,7 @@ async def test_face_swap_fills_the_mask_at_the_input_aspect_ratio(
         {
             "masked_image": data_uri(frame),
             "target_face": data_uri(Image.new("RGB", (300, 300), SKIN), "JPEG"),
+            "target_face_consent": CONSENT,
             "watermark": False,
         }
     )
@@ -205,7 +215,11 @@ async def test_watermark_follows_the_worker_setting_unless_the_job_says(
 ) -> None:
     h = await handler(FaceSwapHandler, http, options(ark, watermark=True))
     frame, _ = masked_frame()
-    params = {"masked_image": data_uri(frame), "target_face": data_uri(photo(200, 200))}
+    params = {
+        "masked_image": data_uri(frame),
+        "target_face": data_uri(photo(200, 200)),
+        "target_face_consent": CONSENT,
+    }
     result = await h.run(h.input_model.model_validate(params), MemoryContext(http, "face_swap"))
     assert result["watermark"] is True and ark.requests[-1].body["watermark"] is True
 
@@ -225,7 +239,11 @@ async def test_rejected_key_fails_the_job_and_degrades_health(
     h = await handler(FaceSwapHandler, http, section)
     assert await h.health() == {"ark": "healthy"}
     frame, _ = masked_frame()
-    params = {"masked_image": data_uri(frame), "target_face": data_uri(photo(200, 200))}
+    params = {
+        "masked_image": data_uri(frame),
+        "target_face": data_uri(photo(200, 200)),
+        "target_face_consent": CONSENT,
+    }
     with pytest.raises(PermanentJobError) as caught:
         await h.run(h.input_model.model_validate(params), MemoryContext(http, "face_swap"))
     assert caught.value.code == "provider_auth"
@@ -242,7 +260,11 @@ async def test_too_wide_input_is_refused_naming_the_field(
     http: aiohttp.ClientSession, ark: FakeArk
 ) -> None:
     h = await handler(FaceSwapHandler, http, options(ark))
-    params = {"masked_image": data_uri(photo(2000, 100)), "target_face": data_uri(photo(99, 99))}
+    params = {
+        "masked_image": data_uri(photo(2000, 100)),
+        "target_face": data_uri(photo(99, 99)),
+        "target_face_consent": CONSENT,
+    }
     with pytest.raises(InputError) as caught:
         await h.run(h.input_model.model_validate(params), MemoryContext(http, "face_swap"))
     assert caught.value.field == "masked_image"
@@ -261,6 +283,7 @@ async def test_full_face_swap_masks_the_chosen_face_and_swaps_it(
     params = FullFaceSwapInput(
         source_image=data_uri(frame),
         target_face=data_uri(Image.new("RGB", (256, 256), SKIN)),
+        target_face_consent=CONSENT,
         face_index=1,  # the right-hand person
     )
     result = await h.run(params, ctx)
@@ -301,7 +324,9 @@ async def test_no_face_fails_before_anything_is_paid_for(
     async with FakeDashScope(faces=[], answer="empty") as empty:
         h = await handler(FullFaceSwapHandler, http, options(ark, empty, detector="qwen_vl"))
         params = FullFaceSwapInput(
-            source_image=data_uri(photo(800, 600)), target_face=data_uri(photo(100, 100))
+            source_image=data_uri(photo(800, 600)),
+            target_face=data_uri(photo(100, 100)),
+            target_face_consent=CONSENT,
         )
         with pytest.raises(PermanentJobError, match="no face found"):
             await h.run(params, MemoryContext(http, "full_face_swap"))
@@ -313,7 +338,10 @@ async def test_face_index_beyond_the_faces_found_is_a_clear_failure(
 ) -> None:
     h = await handler(FullFaceSwapHandler, http, options(ark, dashscope, detector="qwen_vl"))
     params = FullFaceSwapInput(
-        source_image=data_uri(photo(1600, 900)), target_face=data_uri(photo(100, 100)), face_index=2
+        source_image=data_uri(photo(1600, 900)),
+        target_face=data_uri(photo(100, 100)),
+        target_face_consent=CONSENT,
+        face_index=2,
     )
     with pytest.raises(PermanentJobError) as caught:
         await h.run(params, MemoryContext(http, "full_face_swap"))
@@ -328,7 +356,9 @@ async def test_moderation_refusal_in_the_pipeline_is_final(
     ark.script.append(ArkReply.moderation())
     h = await handler(FullFaceSwapHandler, http, options(ark, dashscope, detector="qwen_vl"))
     params = FullFaceSwapInput(
-        source_image=data_uri(photo(1600, 900)), target_face=data_uri(photo(100, 100))
+        source_image=data_uri(photo(1600, 900)),
+        target_face=data_uri(photo(100, 100)),
+        target_face_consent=CONSENT,
     )
     with pytest.raises(PermanentJobError) as caught:
         await h.run(params, MemoryContext(http, "full_face_swap"))
@@ -343,6 +373,7 @@ async def test_detector_choice_per_job_only_where_allowed(
     params = FullFaceSwapInput(
         source_image=data_uri(photo(1600, 900)),
         target_face=data_uri(photo(100, 100)),
+        target_face_consent=CONSENT,
         detector="qwen_vl",
     )
     locked = await handler(FullFaceSwapHandler, http, options(ark, dashscope))
@@ -364,7 +395,11 @@ async def test_full_face_swap_with_the_local_detector(
     assert await h.health() == {"ark": "healthy"}  # no paid detector in use
     sample = Image.open(SAMPLE).convert("RGB")
     ctx = MemoryContext(http, "full_face_swap")
-    params = FullFaceSwapInput(source_image=data_uri(sample), target_face=data_uri(photo(100, 100)))
+    params = FullFaceSwapInput(
+        source_image=data_uri(sample),
+        target_face=data_uri(photo(100, 100)),
+        target_face_consent=CONSENT,
+    )
     result = await h.run(params, ctx)
     assert result["faces_found"] == 1
     assert "dashscope" not in result["usage"]
@@ -376,7 +411,11 @@ async def test_full_face_swap_with_the_local_detector(
 
 
 def test_bad_requests_are_refused_at_submit() -> None:
-    good = {"source_image": "https://x.example/a.png", "target_face": "s3://b/k.png"}
+    good = {
+        "source_image": "https://x.example/a.png",
+        "target_face": "s3://b/k.png",
+        "target_face_consent": CONSENT,
+    }
     FullFaceSwapInput.model_validate(good)
     for bad in (
         {**good, "face_index": -1},
@@ -411,6 +450,7 @@ async def test_full_face_swap_end_to_end(
         {
             "source_image": data_uri(frame),
             "target_face": data_uri(Image.new("RGB", (256, 256), SKIN)),
+            "target_face_consent": CONSENT,
             "face_index": 0,
             "watermark": False,
         },
@@ -447,7 +487,11 @@ async def test_end_to_end_rejected_key_fails_once_and_shows_on_health(
     job_id = await submit(
         client,
         "full-face-swap",
-        {"source_image": data_uri(photo(1600, 900)), "target_face": data_uri(photo(90, 90))},
+        {
+            "source_image": data_uri(photo(1600, 900)),
+            "target_face": data_uri(photo(90, 90)),
+            "target_face_consent": CONSENT,
+        },
     )
     job = await wait_for(client, job_id, timeout=60)
     assert job["status"] == "failed"

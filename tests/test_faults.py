@@ -129,7 +129,9 @@ async def test_a_provider_down_for_every_attempt_fails_the_job_into_the_dlq(
     buffer = io.BytesIO()
     Image.new("RGB", (1280, 720), (120, 90, 60)).save(buffer, format="PNG")
     image = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-    job_id = await submit(client, "face-swap", {"masked_image": image, "target_face": image})
+    consent = {"release_form": "RF-1", "attested_by": "casting"}
+    payload = {"masked_image": image, "target_face": image, "target_face_consent": consent}
+    job_id = await submit(client, "face-swap", payload)
     job = await wait_for(client, job_id, timeout=30)
     assert job["status"] == "failed"
     assert job["attempts"] == 2

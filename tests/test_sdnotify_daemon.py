@@ -29,6 +29,8 @@ def test_daemon_speaks_sd_notify_through_its_lifecycle(tmp_path: Path) -> None:
         # daemon alone.
         '[handlers]\nallow = ["face_mask"]\n'
         '[log]\nformat = "json"\n'
+        # As the embedded default: a development certificate made on first run.
+        f'[provenance]\ndev_certificate = true\ndev_certificate_dir = "{tmp_path / "c2pa"}"\n'
     )
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(str(tmp_path / "notify.sock"))

@@ -16,6 +16,7 @@ from shortdrama_worker.contract.errors import (
 )
 from shortdrama_worker.contract.fields import (
     IMAGE_TYPES,
+    ConsentAttestation,
     FoundReference,
     ImageRef,
     Reference,
@@ -30,11 +31,23 @@ from shortdrama_worker.contract.handler import (
     NoSettings,
 )
 from shortdrama_worker.contract.sniff import sniff_content_type
-from shortdrama_worker.contract.values import FaceBox, FetchedInput, Health, Resource, StoredResult
+from shortdrama_worker.contract.values import (
+    Consent,
+    DigitalSourceType,
+    FaceBox,
+    FetchedInput,
+    Health,
+    Provenance,
+    Resource,
+    StoredResult,
+)
 
 __all__ = [
     "CONTRACT_VERSION",
     "IMAGE_TYPES",
+    "Consent",
+    "ConsentAttestation",
+    "DigitalSourceType",
     "FaceBox",
     "FetchedInput",
     "FoundReference",
@@ -50,6 +63,7 @@ __all__ = [
     "NoSettings",
     "PermanentJobError",
     "PluginMetrics",
+    "Provenance",
     "Reference",
     "Resource",
     "StoredResult",

@@ -14,7 +14,7 @@ from typing import Protocol
 from PIL import Image
 from structlog.typing import FilteringBoundLogger
 
-from shortdrama_worker.contract.values import FaceBox, FetchedInput, StoredResult
+from shortdrama_worker.contract.values import FaceBox, FetchedInput, Provenance, StoredResult
 
 
 class PluginMetrics(Protocol):
@@ -79,9 +79,20 @@ class JobContext(Protocol):
         ...
 
     async def store_result(
-        self, data: bytes, *, content_type: str, name: str, primary: bool = True
+        self,
+        data: bytes,
+        *,
+        content_type: str,
+        name: str,
+        primary: bool = True,
+        provenance: Provenance | None = None,
     ) -> StoredResult:
-        """Write a result file; the first primary one becomes the job's ``result_url``."""
+        """Write a result file; the first primary one becomes the job's ``result_url``.
+
+        PNG, JPEG and WebP files are signed with Content Credentials by the host
+        (unless its operator turned that off); ``provenance`` says how this file
+        was made, when it differs from the handler's ``provenance``.
+        """
         ...
 
     async def progress(self, percent: float, stage: str | None = None) -> None:

@@ -17,7 +17,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, Field, ValidationInfo
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
+
+from shortdrama_worker.contract.values import Consent
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
 """Image formats the host decodes; anything else is refused as an input."""
@@ -154,3 +156,31 @@ def _marker_in(annotation: Any) -> Reference | None:
     ):
         return next((m for a in args if (m := _marker_in(a)) is not None), None)
     return None
+
+
+class ConsentAttestation(BaseModel):
+    """An attestation that the person whose face an input shows agreed to this use.
+
+    The worker cannot check a release form; it records who vouches for which
+    one, on the job and in the signed Content Credentials of the result.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    release_form: str = Field(
+        min_length=1,
+        max_length=500,
+        description="A reference the studio's release-form system resolves to the "
+        "signed release of the person whose face this is (an id or a URI).",
+        examples=["RF-2026-00412"],
+    )
+    attested_by: str = Field(
+        min_length=1,
+        max_length=200,
+        description="Who attests that the release covers this use (a name or staff id).",
+        examples=["casting: j.doe"],
+    )
+
+    def as_consent(self) -> Consent:
+        """The attestation as a ``Provenance`` consent entry."""
+        return Consent(release_form=self.release_form, attested_by=self.attested_by)

@@ -18,12 +18,13 @@ from pydantic import BaseModel, ConfigDict
 from structlog.typing import FilteringBoundLogger
 
 from shortdrama_worker.contract.context import JobContext, PluginMetrics
-from shortdrama_worker.contract.values import Health, Resource
+from shortdrama_worker.contract.values import Health, Provenance, Resource
 
-CONTRACT_VERSION = "1.0"
+CONTRACT_VERSION = "1.1"
 """The contract's version. A plugin declares the one it was built for in
 ``Handler.contract_version``; the host refuses another major version, or a
-newer minor one, at start-up."""
+newer minor one, at start-up. 1.1 added ``Handler.provenance`` and
+``store_result(..., provenance=)`` (Content Credentials)."""
 
 
 class HandlerInput(BaseModel):
@@ -76,6 +77,11 @@ class Handler(Generic[InputT, SettingsT]):
     """Validates ``[handlers.options.<kind>]``; errors stop start-up."""
     timeout_s: ClassVar[float] = 600.0
     description: ClassVar[str] = ""
+    provenance: ClassVar[Provenance | None] = None
+    """What the handler does to make its result images, as the host records it in
+    their signed Content Credentials (C2PA). ``None`` claims no model: an edit of
+    the first input image, or ``algorithmicMedia`` when there is none. A handler
+    whose model draws pixels declares that here, with its source type."""
 
     def __init__(self, env: HandlerEnv[SettingsT]) -> None:
         self.env = env

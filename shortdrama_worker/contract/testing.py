@@ -40,7 +40,7 @@ from shortdrama_worker.contract.errors import InputError
 from shortdrama_worker.contract.fields import IMAGE_TYPES
 from shortdrama_worker.contract.handler import Handler, HandlerEnv
 from shortdrama_worker.contract.sniff import sniff_content_type
-from shortdrama_worker.contract.values import FaceBox, FetchedInput, StoredResult
+from shortdrama_worker.contract.values import FaceBox, FetchedInput, Provenance, StoredResult
 
 SettingsT = TypeVar("SettingsT", bound=BaseModel)
 
@@ -134,6 +134,7 @@ class StoredCall:
     data: bytes
     primary: bool
     key: str
+    provenance: Provenance | None = None
 
 
 Detector = Callable[[Image.Image], Awaitable[list[FaceBox]]]
@@ -205,12 +206,18 @@ class FakeJobContext:
         return await self.detector(image)
 
     async def store_result(
-        self, data: bytes, *, content_type: str, name: str, primary: bool = True
+        self,
+        data: bytes,
+        *,
+        content_type: str,
+        name: str,
+        primary: bool = True,
+        provenance: Provenance | None = None,
     ) -> StoredResult:
         if self.store_latency_s:
             await asyncio.sleep(self.store_latency_s)
         key = f"results/{self.kind}/{self.job_id}/{self.attempt}/{name}"
-        self.stored.append(StoredCall(name, content_type, data, primary, key))
+        self.stored.append(StoredCall(name, content_type, data, primary, key, provenance))
         return StoredResult(key=key, content_type=content_type, size=len(data))
 
     async def progress(self, percent: float, stage: str | None = None) -> None:

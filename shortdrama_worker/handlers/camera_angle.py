@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from shortdrama_worker.contract import HandlerInput, JobContext
+from shortdrama_worker.contract import HandlerInput, JobContext, Provenance
 from shortdrama_worker.contract.fields import ImageRef
 from shortdrama_worker.handlers.comfy_common import MAX_SEED, ComfyHandler, ImageInput
 
@@ -117,6 +117,15 @@ class CameraAngleHandler(ComfyHandler):
         "wide-angle, bird's-eye, worm's-eye, or a free instruction."
     )
     default_workflow: ClassVar[str] = "camera_angle"
+    # The model redraws the whole frame from the input: every pixel is generated.
+    provenance: ClassVar[Provenance | None] = Provenance(
+        action="c2pa.edited",
+        source_type="trainedAlgorithmicMedia",
+        model="Qwen-Image-Edit-2509 + Multiple-angles LoRA",
+        provider="comfyui",
+        parent="image",
+        description="the scene re-shot from another camera position",
+    )
     required_markers: ClassVar[frozenset[str]] = frozenset(
         {"image", "prompt", "seed", "steps", "cfg", "lora_strength", "lightning_strength"}
     )

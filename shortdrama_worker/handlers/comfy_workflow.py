@@ -24,7 +24,13 @@ from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from shortdrama_worker.comfy.errors import ComfyWorkflowCannotRunError
 from shortdrama_worker.comfy.workflows import Scalar, Workflow, WorkflowError, load_directory
-from shortdrama_worker.contract import HandlerInput, JobContext, JobError, PermanentJobError
+from shortdrama_worker.contract import (
+    HandlerInput,
+    JobContext,
+    JobError,
+    PermanentJobError,
+    Provenance,
+)
 from shortdrama_worker.contract.fields import ImageRef
 from shortdrama_worker.handlers.comfy_common import (
     MAX_SEED,
@@ -84,6 +90,15 @@ class ComfyWorkflowHandler(ComfyHandler):
     cannot_run_error: ClassVar[type[JobError]] = ComfyWorkflowCannotRunError
     description: ClassVar[str] = (
         "Run one of the operator's ComfyUI workflows by name with named image and value inputs."
+    )
+
+    # The operator's graph is unknown here; ComfyUI graphs generate pixels with a
+    # model, so that is what is claimed (an edit of the first image, if any).
+    provenance: ClassVar[Provenance | None] = Provenance(
+        action="c2pa.edited",
+        source_type="trainedAlgorithmicMedia",
+        provider="comfyui",
+        description="an operator workflow run in ComfyUI",
     )
 
     workflows: dict[str, Workflow]

@@ -7,6 +7,7 @@ Faces are numbered left to right by the centre of their box
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import Any
 
@@ -19,6 +20,7 @@ from shortdrama_worker.contract import (
     HandlerInput,
     Health,
     JobContext,
+    Provenance,
 )
 from shortdrama_worker.contract.errors import PermanentJobError
 from shortdrama_worker.contract.fields import ImageRef
@@ -64,6 +66,10 @@ class FaceMaskHandler(Handler[FaceMaskInput, FaceMaskSettings]):
     settings_model = FaceMaskSettings
     timeout_s = 120.0
     description = "Black out one face (ellipse over the face, not the hair); PNG of the same size."
+    # Drawn, not generated: the detector finds the face, no model makes pixels.
+    provenance = Provenance(
+        action="c2pa.edited", parent="image_url", description="one face blacked out"
+    )
 
     def __init__(self, env: HandlerEnv[FaceMaskSettings]) -> None:
         super().__init__(env)
@@ -95,7 +101,14 @@ class FaceMaskHandler(Handler[FaceMaskInput, FaceMaskSettings]):
         png = await asyncio.to_thread(lambda: encode_png(draw_face_mask(image, face)))
         timings["draw_encode_s"] = time.perf_counter() - started
 
-        stored = await ctx.store_result(png, content_type="image/png", name="mask.png")
+        stored = await ctx.store_result(
+            png,
+            content_type="image/png",
+            name="mask.png",
+            provenance=dataclasses.replace(
+                self.provenance, details={"detector": str(detection.info["name"])}
+            ),
+        )
         return {
             "face_box": face.as_dict(),
             "face_index": params.face_index,

@@ -12,6 +12,7 @@ Face swap is for footage whose people consented; see the architecture notes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -23,11 +24,13 @@ from structlog.typing import FilteringBoundLogger
 
 from shortdrama_worker.contract import (
     CONTRACT_VERSION,
+    ConsentAttestation,
     Handler,
     HandlerEnv,
     HandlerInput,
     Health,
     JobContext,
+    Provenance,
     StoredResult,
 )
 from shortdrama_worker.contract.fields import ImageRef
@@ -69,11 +72,24 @@ class FaceSwapInput(HandlerInput):
     target_face: ImageRef = Field(
         description="A clear photo of the face to put there (one person, facing the camera)."
     )
+    target_face_consent: ConsentAttestation = Field(
+        description="Required: the release of the person whose face target_face shows, and "
+        "who attests it. Recorded on the job and in the result's signed Content Credentials."
+    )
     size: OutputSize = "auto"
     watermark: bool | None = Field(
         default=None,
-        description="Add the provider's 'AI generated' mark; unset uses the worker's setting.",
+        description="Add the provider's 'AI generated' mark; unset uses the worker's setting "
+        "(on unless the operator turned it off). The result states whether it was added.",
     )
+
+
+SWAP_PROVENANCE = Provenance(
+    action="c2pa.edited",
+    source_type="compositeWithTrainedAlgorithmicMedia",
+    provider="ark",
+    description="a face replaced by a generative model (Seedream)",
+)
 
 
 class FaceSwapSettings(BaseModel):
@@ -166,6 +182,18 @@ class FaceSwapper:
         )
         return Swap(image=image, size=chosen, watermark=watermark, masked=masked, face=face)
 
+    def signed_provenance(
+        self, swap: Swap, *, parent: str, consent: ConsentAttestation
+    ) -> Provenance:
+        """What the swapped image's Content Credentials say: model, consent, watermark."""
+        return dataclasses.replace(
+            SWAP_PROVENANCE,
+            model=swap.image.model,
+            parent=parent,
+            consent={"target_face": consent.as_consent()},
+            details={"provider_watermark": swap.watermark, "size": swap.size},
+        )
+
     def provenance(self, swap: Swap) -> dict[str, Any]:
         """Which provider and model produced the image, and how."""
         s = self.client.settings
@@ -204,6 +232,7 @@ class FaceSwapHandler(Handler[FaceSwapInput, FaceSwapSettings]):
     settings_model = FaceSwapSettings
     # Seedream takes up to a few minutes; retries of one call fit inside this.
     timeout_s = 900.0
+    provenance = dataclasses.replace(SWAP_PROVENANCE, parent="masked_image")
     description = (
         "Put the target face into the blacked-out face of a masked image (Seedream). "
         "Returns a JPEG; size auto follows the input's aspect ratio."
@@ -250,12 +279,16 @@ class FaceSwapHandler(Handler[FaceSwapInput, FaceSwapSettings]):
             swap.image.data,
             content_type=swap.image.content_type,
             name=f"face_swap.{extension(swap.image.content_type)}",
+            provenance=self.swapper.signed_provenance(
+                swap, parent="masked_image", consent=p.target_face_consent
+            ),
         )
         return {
             "image_url": stored,
             "image": image_record(stored, swap.image),
             "size": swap.size,
             "watermark": watermark,
+            "consent": {"target_face": p.target_face_consent.model_dump()},
             "usage": {"ark": swap.image.usage},
             "provenance": {
                 **self.swapper.provenance(swap),

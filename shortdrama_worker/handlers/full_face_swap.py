@@ -10,17 +10,20 @@ with either detector.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 from pydantic import Field
 
 from shortdrama_worker.contract import (
     CONTRACT_VERSION,
+    ConsentAttestation,
     Handler,
     HandlerEnv,
     HandlerInput,
     Health,
     JobContext,
+    Provenance,
 )
 from shortdrama_worker.contract.fields import ImageRef
 from shortdrama_worker.faces.choice import DetectorName, Detectors, DetectorSettings
@@ -28,6 +31,7 @@ from shortdrama_worker.faces.mask import draw_face_mask
 from shortdrama_worker.handlers.face_mask import select_face
 from shortdrama_worker.handlers.face_swap import (
     DEFAULT_SWAP_PROMPT,
+    SWAP_PROVENANCE,
     FaceSwapper,
     OutputSize,
     extension,
@@ -44,19 +48,30 @@ class FullFaceSwapInput(HandlerInput):
     target_face: ImageRef = Field(
         description="A clear photo of the face to put there (one person, facing the camera)."
     )
+    target_face_consent: ConsentAttestation = Field(
+        description="Required: the release of the person whose face target_face shows, and "
+        "who attests it. Recorded on the job and in the result's signed Content Credentials."
+    )
     face_index: int = Field(
         default=0, ge=0, le=64, description="Which face to replace, counting from 0, left to right."
     )
     size: OutputSize = "auto"
     watermark: bool | None = Field(
         default=None,
-        description="Add the provider's 'AI generated' mark; unset uses the worker's setting.",
+        description="Add the provider's 'AI generated' mark; unset uses the worker's setting "
+        "(on unless the operator turned it off). The result states whether it was added.",
     )
     detector: DetectorName | None = Field(
         default=None,
         description="Face detector for this job; only honoured where the worker allows "
         "choosing it (allow_detector_choice), otherwise its configured one is used.",
     )
+
+
+# The mask is drawn, not generated: an edit of the source with no model pixels.
+MASK_PROVENANCE = Provenance(
+    action="c2pa.edited", parent="source_image", description="the face to replace blacked out"
+)
 
 
 class FullFaceSwapSettings(DetectorSettings):
@@ -76,6 +91,7 @@ class FullFaceSwapHandler(Handler[FullFaceSwapInput, FullFaceSwapSettings]):
     input_model = FullFaceSwapInput
     settings_model = FullFaceSwapSettings
     timeout_s = 960.0
+    provenance = dataclasses.replace(SWAP_PROVENANCE, parent="source_image")
     description = (
         "Replace one face of a frame with the target face: detect, mask, then Seedream. "
         "Stores the masked image too and links it in the result."
@@ -130,7 +146,11 @@ class FullFaceSwapHandler(Handler[FullFaceSwapInput, FullFaceSwapSettings]):
         )
         # The mask exactly as Seedream receives it: what the model was asked to fill.
         mask_stored = await ctx.store_result(
-            masked.data, content_type=masked.content_type, name="masked.jpg", primary=False
+            masked.data,
+            content_type=masked.content_type,
+            name="masked.jpg",
+            primary=False,
+            provenance=MASK_PROVENANCE,
         )
 
         await ctx.progress(40, "generating")
@@ -149,6 +169,9 @@ class FullFaceSwapHandler(Handler[FullFaceSwapInput, FullFaceSwapSettings]):
             swap.image.data,
             content_type=swap.image.content_type,
             name=f"full_face_swap.{extension(swap.image.content_type)}",
+            provenance=self.swapper.signed_provenance(
+                swap, parent="source_image", consent=p.target_face_consent
+            ),
         )
         return {
             "image_url": stored,
@@ -161,6 +184,7 @@ class FullFaceSwapHandler(Handler[FullFaceSwapInput, FullFaceSwapSettings]):
             "faces": [f.as_dict() for f in faces],
             "size": swap.size,
             "watermark": watermark,
+            "consent": {"target_face": p.target_face_consent.model_dump()},
             "usage": usage,
             "provenance": {
                 **self.swapper.provenance(swap),

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
-from shortdrama_worker.contract import HandlerInput, JobContext
+from shortdrama_worker.contract import HandlerInput, JobContext, Provenance
 from shortdrama_worker.contract.fields import ImageRef
 from shortdrama_worker.handlers.comfy_common import MAX_SEED, ComfyHandler, ImageInput
 
@@ -72,6 +72,15 @@ class QwenEditHandler(ComfyHandler):
         "(Qwen-Image-Edit-2509)."
     )
     default_workflow: ClassVar[str] = "qwen_edit"
+    # The model redraws the whole image from the inputs: every pixel is generated.
+    provenance: ClassVar[Provenance | None] = Provenance(
+        action="c2pa.edited",
+        source_type="trainedAlgorithmicMedia",
+        model="Qwen-Image-Edit-2509",
+        provider="comfyui",
+        parent="images[0]",
+        description="an image edited by instruction",
+    )
     required_markers: ClassVar[frozenset[str]] = frozenset(
         {
             "image1",

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -75,7 +76,9 @@ def moto_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture
-def make_settings(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Settings]:
+def make_settings(
+    moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Callable[..., Settings]:
     """Host settings with names unique to the test, serving this plugin's kinds."""
     for name in list(os.environ):
         if name.startswith("SHORTDRAMA_"):
@@ -98,6 +101,8 @@ def make_settings(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Callab
             "local": {"provision": True},
             # Discovery through entry points, as in production.
             "handlers": {"allow": KINDS},
+            # Image results are signed as in production, with a development certificate.
+            "provenance": {"dev_certificate": True, "dev_certificate_dir": str(tmp_path / "dev")},
         }
         for section, values in sections.items():
             if isinstance(values, dict) and isinstance(base.get(section), dict):
