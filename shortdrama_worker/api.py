@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
@@ -16,19 +17,24 @@ from pydantic import ValidationError
 
 from shortdrama_worker import keys
 from shortdrama_worker.auth import REQUEST_KEY, may_read, may_submit
-from shortdrama_worker.inputs import parse_data_uri
+from shortdrama_worker.errors import InputError
+from shortdrama_worker.handlers.base import FetchedInput
+from shortdrama_worker.inputs import S3Object, parse_data_uri, probe_image, ref_scheme
+from shortdrama_worker.netguard import AddressPolicy, UrlRefused, web_target
 from shortdrama_worker.openapi import build_openapi
 from shortdrama_worker.plugins import HandlerSpec
 from shortdrama_worker.queue import QueueError
 from shortdrama_worker.responses import error_response
 from shortdrama_worker.results import ResultStoreError
+from shortdrama_worker.settings import ApiKeySettings, Settings
 from shortdrama_worker.store import StaleTransition, StoreError, Task
 
 log = structlog.get_logger("shortdrama_worker.api")
 
-# Idempotency keys map to task ids deterministically, so a repeated submit
-# hits the same record and the store's conditional put settles the race.
-_IDEMPOTENCY_NS = uuid.UUID("6f1d7a3e-5b0c-4a59-9c61-2f3a8e1f4b20")
+# Submit bodies are JSON; ``multipart/form-data`` joins this set when uploads
+# are supported (see ``_media_type_problem``).
+_SUBMIT_MEDIA_TYPES = frozenset({"application/json"})
+_REF_SCHEMES = frozenset({"http", "https", "s3", "data"})
 
 
 def job_view(task: Task, base_url: str, result_url: str | None = None) -> dict[str, Any]:
@@ -63,8 +69,24 @@ def job_view(task: Task, base_url: str, result_url: str | None = None) -> dict[s
 
 
 def _base_url(request: web.Request) -> str:
-    configured = request.app[keys.SETTINGS].api.public_url
-    return configured.rstrip("/") if configured else f"{request.scheme}://{request.host}"
+    """Where clients reach this API: configured, an allowed Host, or the bound address.
+
+    The Host header is the client's word; echoing any value would let a
+    request point ``Location`` and ``status_url`` at a host of its choosing.
+    """
+    api = request.app[keys.SETTINGS].api
+    if api.public_url:
+        return api.public_url.rstrip("/")
+    host = request.headers.get("Host", "")
+    if host and host.lower() in (h.lower() for h in api.allowed_hosts):
+        return f"{request.scheme}://{host}"
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if isinstance(sockname, tuple) and len(sockname) >= 2:
+        address, port = str(sockname[0]), int(sockname[1])
+    else:
+        address, port = api.host, api.port
+    shown = f"[{address}]" if ":" in address else address
+    return f"http://{shown}:{port}"
 
 
 def _spec_for(request: web.Request) -> HandlerSpec:
@@ -103,9 +125,14 @@ async def submit(request: web.Request) -> web.Response:
     key = request.get(REQUEST_KEY)
     if not may_submit(key, spec.kind):
         return error_response(403, "forbidden", f"this API key may not submit {spec.kind!r} jobs")
+    media_problem = _media_type_problem(request)
+    if media_problem:
+        return error_response(415, "unsupported_media_type", media_problem)
     raw = await request.read()
     try:
         body = json.loads(raw or b"null")
+    except RecursionError:
+        return error_response(400, "malformed_json", "request body is nested too deeply")
     except ValueError as exc:
         return error_response(400, "malformed_json", f"request body is not valid JSON: {exc}")
     if not isinstance(body, dict):
@@ -132,19 +159,24 @@ async def submit(request: web.Request) -> web.Response:
     idem_key = request.headers.get("Idempotency-Key")
     body_hash = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
     if idem_key is not None:
-        if not 1 <= len(idem_key) <= 255:
-            return error_response(422, "invalid_header", "Idempotency-Key: must be 1–255 chars")
-        owner = key.id if key is not None else ""
-        task_id = str(uuid.uuid5(_IDEMPOTENCY_NS, f"{owner}\n{spec.kind}\n{idem_key}"))
+        idem_problem = _idempotency_key_problem(idem_key)
+        if idem_problem:
+            return error_response(422, "invalid_header", f"Idempotency-Key: {idem_problem}")
+        task_id = derive_job_id(app[keys.JOB_ID_SECRET], key, spec.kind, idem_key)
     else:
         task_id = str(uuid.uuid4())
 
+    staged: list[str] = []
     try:
-        data = await _stage_data_uris(request, task_id, data)
-    except ValueError as exc:
-        return error_response(422, "invalid_input", str(exc))
+        inline = await _check_references(request, data)
+        data = await _stage_data_uris(request, task_id, data, inline, staged)
+    except InputError as exc:
+        return _input_refused(exc)
     except ResultStoreError as exc:
+        await _discard(request, staged)
         return error_response(503, "storage_unavailable", f"could not stage inputs: {exc}")
+    except StoreError as exc:
+        return error_response(503, "store_unavailable", f"task store unreachable: {exc}")
 
     now = time.time()
     task = Task(
@@ -165,6 +197,8 @@ async def submit(request: web.Request) -> web.Response:
     try:
         await store.create(task)
     except StaleTransition as stale:
+        # Not our record: what this request staged belongs to nobody.
+        await _discard(request, staged)
         existing = stale.task
         if existing is None:
             return error_response(409, "conflict", "job id collision; retry")
@@ -182,6 +216,7 @@ async def submit(request: web.Request) -> web.Response:
         # PutItem whose answer was lost. A second message is harmless.
         task = existing
     except StoreError as exc:
+        await _discard(request, staged)
         return error_response(503, "store_unavailable", f"task store unreachable: {exc}")
 
     try:
@@ -199,19 +234,66 @@ async def submit(request: web.Request) -> web.Response:
     return _accepted(request, task, replayed=replayed)
 
 
-def _callback_problem(url: Any, settings: Any) -> str | None:
+def _media_type_problem(request: web.Request) -> str | None:
+    """Why the body's declared type is not one submit reads, or ``None``.
+
+    A missing Content-Type is read as JSON, as older clients send it.
+    """
+    if "Content-Type" not in request.headers:
+        return None
+    media = request.content_type.lower()
+    if media in _SUBMIT_MEDIA_TYPES or (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        return None
+    return f"Content-Type {media!r} is not accepted; send application/json"
+
+
+def _idempotency_key_problem(value: str) -> str | None:
+    if not 1 <= len(value) <= 255:
+        return "must be 1–255 characters"
+    # Visible ASCII only: other bytes arrive as undecodable text.
+    if not all(" " <= c <= "~" for c in value):
+        return "must be printable ASCII"
+    return None
+
+
+def derive_job_id(secret: bytes, key: ApiKeySettings | None, kind: str, idem_key: str) -> str:
+    """The job id an Idempotency-Key maps to, for this API key and kind.
+
+    Deterministic, so a repeated submit hits the same record and the store's
+    conditional put settles the race; keyed with a server secret (HMAC), so
+    nobody can compute another tenant's job id from its Idempotency-Key.
+    """
+    owner = key.id if key is not None else ""
+    message = f"{owner}\n{kind}\n{idem_key}".encode()
+    digest = hmac.new(secret, message, hashlib.sha256).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=4))
+
+
+def _input_refused(exc: InputError) -> web.Response:
+    errors = [{"field": exc.field, "message": exc.reason, "type": exc.code}]
+    return error_response(422, "invalid_input", exc.message, fields=errors)
+
+
+def _callback_problem(url: Any, settings: Settings) -> str | None:
     if not isinstance(url, str):
         return "must be a string"
     if settings.webhooks.secret is None:
         return "webhooks are not configured on this worker (webhooks.secret)"
     if len(url) > 2048:
         return "longer than 2048 characters"
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
+    if ref_scheme(url) not in ("https", "http"):
         return "must be an https:// URL"
-    if parts.scheme == "http" and not settings.inputs.allow_http:
+    if ref_scheme(url) == "http" and not settings.inputs.allow_http:
         return "http:// is not allowed here; use https://"
-    return None
+    try:
+        # The same normalisation and address rules the delivery applies.
+        target = web_target(url, allow_http=True)
+    except UrlRefused as exc:
+        return exc.reason
+    refused = AddressPolicy(settings.inputs.allow_networks).url_refusal(target)
+    return f"{target.raw_host} refused: {refused}" if refused else None
 
 
 def _accepted(request: web.Request, task: Task, *, replayed: bool) -> web.Response:
@@ -231,33 +313,77 @@ def _accepted(request: web.Request, task: Task, *, replayed: bool) -> web.Respon
     return web.json_response(view, status=202, headers=headers)
 
 
+def _references(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """Every string in the input that names an input by a scheme we fetch, with its path."""
+    if isinstance(value, str):
+        if ref_scheme(value) in _REF_SCHEMES:
+            yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _references(v, f"{path}.{k}" if path else k)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _references(v, f"{path}.{i}")
+
+
+async def _check_references(request: web.Request, data: dict[str, Any]) -> dict[str, FetchedInput]:
+    """Refuse now whatever input reference can be refused without fetching it.
+
+    The same rules as the fetcher (``InputRules``), plus what only the API
+    knows: which key asks, for ``s3://`` objects it must own. Returns the
+    decoded ``data:`` URIs by path, for staging.
+    """
+    rules = request.app[keys.INPUT_RULES]
+    limits = request.app[keys.SETTINGS].inputs
+    inline: dict[str, FetchedInput] = {}
+    for path, ref in _references(data):
+        if ref_scheme(ref) == "data":
+            fetched = parse_data_uri(ref, path, limits.max_bytes)
+            probe_image(fetched.data, path, limits.max_pixels)  # the header tells enough
+            inline[path] = fetched
+            continue
+        found = rules.check(ref, path)
+        if found is not None and not await _may_reference(request, found):
+            raise InputError(
+                path,
+                f"{ref} is not a staged input or result of a job this API key may read",
+                code="forbidden",
+            )
+    return inline
+
+
+async def _may_reference(request: web.Request, obj: S3Object) -> bool:
+    """A results-bucket object is readable by the keys that may read its job."""
+    if obj.job_id is None:
+        return True  # a bucket the operator listed for every key
+    owner = await request.app[keys.STORE].get(obj.job_id)
+    # A job that does not exist and another key's job answer alike.
+    return owner is not None and may_read(request.get(REQUEST_KEY), owner.submitted_by)
+
+
 async def _stage_data_uris(
-    request: web.Request, task_id: str, data: dict[str, Any]
+    request: web.Request,
+    task_id: str,
+    data: dict[str, Any],
+    inline: dict[str, FetchedInput],
+    staged: list[str],
 ) -> dict[str, Any]:
     """Move inline ``data:`` images to S3 so the task record stays small.
 
     DynamoDB items are capped at 400 KB; a frame as a data URI is megabytes.
+    Keys are unique to this request (``staged`` collects them), so a submit
+    that is then refused has touched no other job's objects.
     """
+    if not inline:
+        return data
     results = request.app[keys.RESULTS]
-    inputs = request.app[keys.SETTINGS].inputs
-    max_bytes = inputs.max_bytes
-    buckets = {results.bucket, *inputs.s3_buckets}
+    submit_id = uuid.uuid4().hex
 
     async def walk(value: Any, path: str) -> Any:
-        # The fetcher enforces these too; refusing here tells the client now.
-        if isinstance(value, str) and value.startswith("http://") and not inputs.allow_http:
-            raise ValueError(f"{path}: http:// inputs are not allowed here; use https://")
-        if isinstance(value, str) and value.startswith("s3://"):
-            bucket = value[5:].split("/", 1)[0]
-            if bucket not in buckets:
-                raise ValueError(f"{path}: bucket {bucket!r} is not one inputs may be read from")
-            return value
-        if isinstance(value, str) and value.startswith("data:"):
-            try:
-                fetched = parse_data_uri(value, path, max_bytes)
-            except Exception as exc:
-                raise ValueError(str(exc)) from None
-            key = results.input_key(task_id, path)
+        if path in inline and isinstance(value, str):
+            fetched = inline[path]
+            key = results.input_key(task_id, submit_id, path)
+            staged.append(key)
             await results.put(key, fetched.data, fetched.content_type or "application/octet-stream")
             return f"s3://{results.bucket}/{key}"
         if isinstance(value, dict):
@@ -266,8 +392,18 @@ async def _stage_data_uris(
             return [await walk(v, f"{path}.{i}") for i, v in enumerate(value)]
         return value
 
-    staged: dict[str, Any] = await walk(data, "")
-    return staged
+    result: dict[str, Any] = await walk(data, "")
+    return result
+
+
+async def _discard(request: web.Request, staged: list[str]) -> None:
+    """Remove what a refused submit staged; left-overs are only unreferenced garbage."""
+    if not staged:
+        return
+    try:
+        await request.app[keys.RESULTS].delete(staged)
+    except ResultStoreError as exc:
+        log.warning("staged_inputs_not_removed", error=str(exc), count=len(staged))
 
 
 async def get_job(request: web.Request) -> web.Response:

@@ -8,6 +8,7 @@ handlers → consumer. So the consumer drains before the clients it uses close.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -24,10 +25,10 @@ from shortdrama_worker.consumer import Consumer
 from shortdrama_worker.context import GpuSlots
 from shortdrama_worker.embedded import embedded_aws
 from shortdrama_worker.handlers.base import Handler, HandlerEnv
-from shortdrama_worker.inputs import InputFetcher
+from shortdrama_worker.inputs import InputFetcher, InputRules, PixelBudget
 from shortdrama_worker.metrics import Metrics
-from shortdrama_worker.middleware import json_errors, request_context
-from shortdrama_worker.netguard import AddressPolicy, GuardedResolver
+from shortdrama_worker.middleware import body_deadline, json_errors, request_context
+from shortdrama_worker.netguard import AddressPolicy, guarded_session
 from shortdrama_worker.plugins import HandlerRegistry, PluginError
 from shortdrama_worker.provision import provision
 from shortdrama_worker.queue import JobQueue
@@ -51,7 +52,7 @@ def create_app(
     """Build the application. Handlers come from entry points unless ``registry`` is given."""
     app = web.Application(
         client_max_size=settings.api.max_body_bytes,
-        middlewares=[request_context, json_errors, authenticate],
+        middlewares=[request_context, json_errors, authenticate, body_deadline],
     )
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics or Metrics()
@@ -65,7 +66,14 @@ def create_app(
 
 
 def instance_id(settings: Settings) -> str:
-    return settings.instance_id or f"{socket.gethostname()}:{os.getpid()}"
+    """The owner name of this process's leases: unique per process lifetime.
+
+    The configured (or host:pid) name is for people; the random suffix makes
+    two processes sharing a configured id, or a pid reused after a restart,
+    distinct owners, so neither can take the other's lease for its own.
+    """
+    name = settings.instance_id or f"{socket.gethostname()}:{os.getpid()}"
+    return f"{name}/{secrets.token_hex(4)}"
 
 
 async def _aws_endpoint(app: web.Application) -> AsyncIterator[None]:
@@ -89,14 +97,13 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
     # resolved address is checked before it is contacted.
     async with (
         aiohttp.ClientSession(timeout=timeout) as http,
-        aiohttp.ClientSession(
-            timeout=timeout, connector=aiohttp.TCPConnector(resolver=GuardedResolver(policy))
-        ) as untrusted,
+        guarded_session(policy, timeout) as untrusted,
         open_clients(settings.aws, endpoint) as clients,
     ):
         app[keys.HTTP] = http
         app[keys.UNTRUSTED_HTTP] = untrusted
         app[keys.ADDRESS_POLICY] = policy
+        app[keys.INPUT_RULES] = InputRules(settings.inputs, policy, settings.results)
         app[keys.AWS] = clients
         yield
 
@@ -117,6 +124,12 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     await queue.resolve()
     app[keys.QUEUE] = queue
     app[keys.RESULTS] = ResultStore(clients.s3, settings.results)
+    configured = settings.api.job_id_secret
+    app[keys.JOB_ID_SECRET] = (
+        configured.get_secret_value().encode()
+        if configured is not None
+        else await app[keys.STORE].shared_secret("job_ids")
+    )
     yield
     await queue.aclose()
 
@@ -163,9 +176,8 @@ async def _handlers(app: web.Application) -> AsyncIterator[None]:
             fetcher=InputFetcher(
                 app[keys.UNTRUSTED_HTTP],
                 app[keys.AWS].s3,
-                settings.inputs,
-                policy=app[keys.ADDRESS_POLICY],
-                results_bucket=settings.results.bucket,
+                app[keys.INPUT_RULES],
+                PixelBudget(settings.inputs.max_pixels_in_flight),
             ),
             http=app[keys.HTTP],
             registry=app[keys.REGISTRY],

@@ -34,6 +34,9 @@ def new_key() -> tuple[str, str]:
 
 
 def find_key(presented: str, configured: list[ApiKeySettings]) -> ApiKeySettings | None:
+    if not presented.isascii():
+        # Keys are ASCII; other bytes arrive as undecodable text and are no key.
+        return None
     wanted = digest(presented)
     found = None
     for candidate in configured:

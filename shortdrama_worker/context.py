@@ -14,7 +14,7 @@ from structlog.typing import FilteringBoundLogger
 
 from shortdrama_worker.errors import TransientJobError
 from shortdrama_worker.handlers.base import FetchedInput, StoredResult
-from shortdrama_worker.inputs import InputFetcher
+from shortdrama_worker.inputs import InputFetcher, PixelHold
 from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.results import ResultStore, ResultStoreError
 from shortdrama_worker.store import StaleTransition, StoreError, Task, TaskStore
@@ -81,13 +81,16 @@ class RunContext:
         self._last_progress = 0.0
         self.primary: StoredResult | None = None
         self.stored: list[StoredResult] = []
+        # Decoded inputs stay in memory until the job ends, so their pixels
+        # count against the process budget until then (``release``).
+        self._pixels = PixelHold(fetcher.budget)
 
     async def fetch_bytes(self, ref: str, *, field: str) -> FetchedInput:
         return await self._fetcher.fetch(ref, field=field)
 
     async def fetch_image(self, ref: str, *, field: str) -> Image.Image:
         started = time.monotonic()
-        image = await self._fetcher.fetch_image(ref, field=field)
+        image = await self._fetcher.fetch_image(ref, field=field, hold=self._pixels)
         self.metrics.phase_duration.labels(self.kind, "fetch").observe(time.monotonic() - started)
         return image
 
@@ -123,6 +126,10 @@ class RunContext:
             )
         except (StoreError, StaleTransition) as exc:
             self.log.warning("progress_not_recorded", error=str(exc))
+
+    def release(self) -> None:
+        """The job is over: its decoded inputs no longer count against the budget."""
+        self._pixels.release()
 
     def gpu(self) -> Any:
         return self._gpu.hold(self.kind)

@@ -8,6 +8,7 @@ from aiohttp import web
 from shortdrama_worker.aws import AwsClients
 from shortdrama_worker.consumer import Consumer
 from shortdrama_worker.handlers.base import Handler
+from shortdrama_worker.inputs import InputRules
 from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.netguard import AddressPolicy
 from shortdrama_worker.plugins import HandlerRegistry
@@ -25,6 +26,9 @@ HANDLERS = web.AppKey("handlers", dict[str, Handler])
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 UNTRUSTED_HTTP = web.AppKey("untrusted_http", aiohttp.ClientSession)
 ADDRESS_POLICY = web.AppKey("address_policy", AddressPolicy)
+INPUT_RULES = web.AppKey("input_rules", InputRules)
+# Key of the HMAC that turns an Idempotency-Key into a job id.
+JOB_ID_SECRET = web.AppKey("job_id_secret", bytes)
 ENDPOINT_URL = web.AppKey("endpoint_url", str)
 AWS = web.AppKey("aws", AwsClients)
 STORE = web.AppKey("store", TaskStore)

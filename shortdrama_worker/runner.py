@@ -287,6 +287,7 @@ class JobRunner:
                 outcome = await asyncio.shield(self._after_success(task, message, ctx, result))
         finally:
             heartbeat.cancel()
+            ctx.release()
             self.running.pop(task.task_id, None)
             self.metrics.in_flight.labels(kind).dec()
         self._finished(
