@@ -81,11 +81,15 @@ async def test_a_key_cannot_read_another_keys_inputs_or_results_through_s3(tenan
         assert "is not a staged input or result of a job this API key may read" in error["message"]
     # A job that does not exist reads the same as another key's.
     missing = f"s3://{bucket}/inputs/{uuid.uuid4()}/x/image_url"
-    resp = await client.post("/api/v1/scripted/jobs", json={"image_url": missing}, headers=bearer(BOB))
+    resp = await client.post(
+        "/api/v1/scripted/jobs", json={"image_url": missing}, headers=bearer(BOB)
+    )
     assert resp.status == 422
     # Objects outside the job layout are nobody's to read through s3://.
     resp = await client.post(
-        "/api/v1/scripted/jobs", json={"image_url": f"s3://{bucket}/config/x.png"}, headers=bearer(ALICE)
+        "/api/v1/scripted/jobs",
+        json={"image_url": f"s3://{bucket}/config/x.png"},
+        headers=bearer(ALICE),
     )
     assert resp.status == 422
     # Alice may reuse her own result as an input.
@@ -93,7 +97,9 @@ async def test_a_key_cannot_read_another_keys_inputs_or_results_through_s3(tenan
         "/api/v1/scripted/jobs", json={"image_url": stolen[0]}, headers=bearer(ALICE)
     )
     assert resp.status == 202
-    assert (await wait_for_as(client, (await resp.json())["job_id"], ALICE))["status"] == "completed"
+    assert (await wait_for_as(client, (await resp.json())["job_id"], ALICE))[
+        "status"
+    ] == "completed"
     # A bucket the operator listed is open to every key (and still checked for form).
     ok = await client.post(
         "/api/v1/scripted/jobs",
