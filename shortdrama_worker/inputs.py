@@ -488,5 +488,6 @@ def decode_image(
         image.load()
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(field, f"corrupt image: {exc}", code="not_an_image") from None
-    transposed = ImageOps.exif_transpose(image)
-    return transposed if transposed is not None else image
+    # In place: without it Pillow returns a full copy even when nothing turns.
+    ImageOps.exif_transpose(image, in_place=True)
+    return image

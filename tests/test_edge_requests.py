@@ -170,7 +170,7 @@ async def test_a_delivered_webhook_is_logged_and_its_task_ends_cleanly(
     make_settings: Any, start_app: Any, receiver: Any
 ) -> None:
     settings = make_settings(webhooks={"secret": SECRET})
-    app, client = await start_app(settings, registry())
+    _, client = await start_app(settings, registry())
     loop_errors: list[dict[str, Any]] = []
     asyncio.get_running_loop().set_exception_handler(lambda _, ctx: loop_errors.append(ctx))
     with structlog.testing.capture_logs() as logs:
