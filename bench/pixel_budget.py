@@ -46,7 +46,7 @@ def make_input(path: Path) -> int:
     return len(buffer.getvalue())
 
 
-async def child(file: Path, budget_pixels: int) -> dict[str, Any]:
+async def child(data: bytes, budget_pixels: int) -> dict[str, Any]:
     """Runs in a fresh process: 8 jobs at once, then the process's peak RSS."""
     import aiohttp
     from aiohttp import web
@@ -59,7 +59,6 @@ async def child(file: Path, budget_pixels: int) -> dict[str, Any]:
     from shortdrama_worker.png import encode_png
     from shortdrama_worker.settings import InputSettings, ResultSettings
 
-    data = file.read_bytes()
     local = LocalFaceDetector()
     local.warm_up()
 
@@ -122,7 +121,7 @@ def main() -> None:
     parser.add_argument("--budget", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(asyncio.run(child(args.child, args.budget))))
+        print(json.dumps(asyncio.run(child(args.child.read_bytes(), args.budget))))
         return
 
     from shortdrama_worker.settings import InputSettings
