@@ -97,9 +97,6 @@ class ApiSettings(Section):
         description="Key for job ids derived from Idempotency-Key (HMAC); unset means one "
         "generated once and kept in the task table, shared by every instance.",
     )
-    header_timeout_s: float = Field(
-        default=10.0, gt=0, description="A request's headers must arrive within this."
-    )
     body_timeout_s: float = Field(
         default=30.0, gt=0, description="A request's body must arrive within this."
     )
