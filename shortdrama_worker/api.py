@@ -252,7 +252,8 @@ def _media_type_problem(request: web.Request) -> str | None:
 def _idempotency_key_problem(value: str) -> str | None:
     if not 1 <= len(value) <= 255:
         return "must be 1–255 characters"
-    # Visible ASCII only: other bytes arrive as undecodable text.
+    # Visible ASCII and spaces, as the document says: other bytes arrive as
+    # undecodable text (lone surrogates) that cannot even be hashed.
     if not all(" " <= c <= "~" for c in value):
         return "must be printable ASCII"
     return None

@@ -113,7 +113,13 @@ def build_openapi(registry: HandlerRegistry) -> dict[str, Any]:
                     "name": "Idempotency-Key",
                     "in": "header",
                     "required": False,
-                    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                    # Visible ASCII and spaces, as HTTP header values should be.
+                    "schema": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 255,
+                        "pattern": "^[ -~]+$",
+                    },
                 },
             ],
             "requestBody": {
