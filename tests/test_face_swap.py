@@ -377,7 +377,8 @@ async def test_full_face_swap_with_the_local_detector(
 
 
 def test_bad_requests_are_refused_at_submit() -> None:
-    good = {"source_image": "https://x.example/a.png", "target_face": "s3://b/k.png"}
+    # A real bucket name: S3 names are 3–63 characters, and references are checked.
+    good = {"source_image": "https://x.example/a.png", "target_face": "s3://frames/k.png"}
     FullFaceSwapInput.model_validate(good)
     for bad in (
         {**good, "face_index": -1},
