@@ -85,6 +85,12 @@ def main() -> None:
     benches += [
         ("Memory", memory, " ".join(memory), 900 if args.full else 500),
         (
+            "Peak RSS: 8 concurrent inputs at the pixel limit, with and without the pixel budget",
+            ["bench/pixel_budget.py"],
+            "bench/pixel_budget.py",
+            400,
+        ),
+        (
             "face_mask image work by stage",
             ["bench/face_mask.py"],
             "bench/face_mask.py",

@@ -1,44 +1,57 @@
-"""The job API (v1): submit, status, cancel, list kinds; health, readiness, metrics."""
+"""The job API (v1): submit, status, cancel, list kinds; health, readiness, metrics.
+
+Route handlers are thin: they parse the request, call a service that raises
+typed errors (``submission.Submitter``), and map those to responses.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import time
-import uuid
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
 
 from shortdrama_worker import keys
-from shortdrama_worker.auth import REQUEST_KEY, may_read, may_submit
-from shortdrama_worker.contract.fields import REFERENCE_CHECK, iter_references
-from shortdrama_worker.inputs import RefKind, parse_data_uri, reference_problem
-from shortdrama_worker.jobview import render_job
+from shortdrama_worker.access import may_read, may_submit
+from shortdrama_worker.auth import REQUEST_KEY
+from shortdrama_worker.jobview import job_view, render_job
 from shortdrama_worker.openapi import build_openapi
 from shortdrama_worker.outcomes import CancelReason
 from shortdrama_worker.plugins import HandlerSpec, unknown_kind_message
-from shortdrama_worker.queue import QueueError
 from shortdrama_worker.responses import error_response
-from shortdrama_worker.results import ResultStoreError
 from shortdrama_worker.store import StaleTransition, StoreError, Task
-from shortdrama_worker.uploads import BodyError, read_body, sniff_image
+from shortdrama_worker.submission import Request, SubmitError
+from shortdrama_worker.uploads import BodyError, read_body
 
 log = structlog.get_logger("shortdrama_worker.api")
 
-# Idempotency keys map to task ids deterministically, so a repeated submit
-# hits the same record and the store's conditional put settles the race.
-_IDEMPOTENCY_NS = uuid.UUID("6f1d7a3e-5b0c-4a59-9c61-2f3a8e1f4b20")
+# Submit bodies: JSON (a missing Content-Type is read as JSON, as older clients
+# send it), or a form with files (``uploads``).
+_SUBMIT_MEDIA_TYPES = frozenset({"application/json", "multipart/form-data"})
 
 
-def _base_url(request: web.Request) -> str:
-    configured = request.app[keys.SETTINGS].api.public_url
-    return configured.rstrip("/") if configured else f"{request.scheme}://{request.host}"
+def base_url(request: web.Request) -> str:
+    """Where clients reach this API: configured, an allowed Host, or the bound address.
+
+    The Host header is the client's word; echoing any value would let a
+    request point ``Location`` and ``status_url`` at a host of its choosing.
+    """
+    api = request.app[keys.SETTINGS].api
+    if api.public_url:
+        return api.public_url.rstrip("/")
+    host = request.headers.get("Host", "")
+    if host and host.lower() in (h.lower() for h in api.allowed_hosts):
+        return f"{request.scheme}://{host}"
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if isinstance(sockname, tuple) and len(sockname) >= 2:
+        address, port = str(sockname[0]), int(sockname[1])
+    else:
+        address, port = api.host, api.port
+    shown = f"[{address}]" if ":" in address else address
+    return f"http://{shown}:{port}"
 
 
 def _spec_for(request: web.Request) -> HandlerSpec:
@@ -60,196 +73,48 @@ def _spec_for(request: web.Request) -> HandlerSpec:
     return spec
 
 
-def _field_errors(exc: ValidationError) -> list[dict[str, Any]]:
-    return [
-        {
-            "field": ".".join(str(p) for p in err["loc"]) or "(body)",
-            "message": err["msg"],
-            "type": err["type"],
-        }
-        for err in exc.errors(include_url=False, include_input=False)
-    ]
-
-
 async def submit(request: web.Request) -> web.Response:
-    app = request.app
     spec = _spec_for(request)
     key = request.get(REQUEST_KEY)
     if not may_submit(key, spec.kind):
         return error_response(403, "forbidden", f"this API key may not submit {spec.kind!r} jobs")
+    media_problem = _media_type_problem(request)
+    if media_problem:
+        return error_response(415, "unsupported_media_type", media_problem)
     try:
-        body = await read_body(request, spec.cls.input_model.model_json_schema())
+        body = await read_body(request, spec)
+        asked = Request(spec, key, body, request.headers.get("Idempotency-Key"))
+        accepted = await request.app[keys.SUBMITTER].submit(asked)
     except BodyError as exc:
         return exc.response()
-    # The callback URL is about delivery, not the handler's input.
-    callback_url = body.pop("callback_url", None)
-    if callback_url is not None:
-        problem = _callback_problem(callback_url, app[keys.SETTINGS])
-        if problem:
-            errors = [{"field": "callback_url", "message": problem, "type": "value_error"}]
-            return error_response(422, "invalid_input", f"callback_url: {problem}", fields=errors)
-    # Accept the older orchestrator's envelope {"input": {...}} as well.
-    payload = body["input"] if set(body) == {"input"} and isinstance(body["input"], dict) else body
-    try:
-        # Strict at the edge: "12" or true for an integer is refused, as the
-        # published schema says, instead of being quietly converted.
-        params = spec.cls.input_model.model_validate(
-            payload, strict=True, context={REFERENCE_CHECK: reference_problem}
-        )
-    except ValidationError as exc:
-        errors = _field_errors(exc)
-        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        return error_response(422, "invalid_input", summary, fields=errors)
-    data = params.model_dump(mode="json", exclude_none=True)
-
-    idem_key = request.headers.get("Idempotency-Key")
-    body_hash = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-    if idem_key is not None:
-        if not 1 <= len(idem_key) <= 255:
-            return error_response(422, "invalid_header", "Idempotency-Key: must be 1–255 chars")
-        owner = key.id if key is not None else ""
-        task_id = str(uuid.uuid5(_IDEMPOTENCY_NS, f"{owner}\n{spec.kind}\n{idem_key}"))
-    else:
-        task_id = str(uuid.uuid4())
-
-    try:
-        file_fields = {r.field for r in iter_references(params) if r.reference.kind == "file"}
-        data = await _stage_data_uris(request, task_id, data, file_fields)
-    except ValueError as exc:
-        return error_response(422, "invalid_input", str(exc))
-    except ResultStoreError as exc:
-        return error_response(503, "storage_unavailable", f"could not stage inputs: {exc}")
-
-    now = time.time()
-    task = Task(
-        task_id=task_id,
-        job_type=spec.kind,
-        status="pending",
-        created_at=now,
-        updated_at=now,
-        resource=spec.resource,
-        input=data,
-        idempotency_key=idem_key,
-        request_hash=body_hash,
-        submitted_by=key.id if key is not None else None,
-        callback_url=callback_url,
-    )
-    store = app[keys.STORE]
-    replayed = False
-    try:
-        await store.create(task)
-    except StaleTransition as stale:
-        existing = stale.task
-        if existing is None:
-            return error_response(409, "conflict", "job id collision; retry")
-        if existing.request_hash != body_hash:
-            return error_response(
-                422,
-                "idempotency_key_reused",
-                "Idempotency-Key was already used with a different request body",
-            )
-        replayed = idem_key is not None
-        if existing.status != "pending":
-            return _accepted(request, existing, replayed=replayed)
-        # Still pending, so its message may never have been sent: the first
-        # request's send failed, or this is the client retrying our own
-        # PutItem whose answer was lost. A second message is harmless.
-        task = existing
-    except StoreError as exc:
-        return error_response(503, "store_unavailable", f"task store unreachable: {exc}")
-
-    try:
-        await app[keys.QUEUE].send(spec.resource, task_id, spec.kind)
-    except QueueError as exc:
-        # Nothing half-written: the record goes, and the client may retry.
-        try:
-            await store.delete_pending(task_id)
-        except StoreError:
-            log.error("orphan_pending_task", job_id=task_id)
-        return error_response(503, "queue_unavailable", f"job queue unreachable: {exc}")
-    if not replayed:
-        app[keys.METRICS].jobs_submitted.labels(spec.kind).inc()
-        log.info("job_submitted", job_id=task_id, kind=spec.kind)
-    return _accepted(request, task, replayed=replayed)
+    except SubmitError as exc:
+        extra = {"fields": exc.fields} if exc.fields is not None else {}
+        return error_response(exc.status, exc.code, exc.message, **extra)
+    return _accepted(request, accepted.task, replayed=accepted.replayed)
 
 
-def _callback_problem(url: Any, settings: Any) -> str | None:
-    if not isinstance(url, str):
-        return "must be a string"
-    if settings.webhooks.secret is None:
-        return "webhooks are not configured on this worker (webhooks.secret)"
-    if len(url) > 2048:
-        return "longer than 2048 characters"
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        return "must be an https:// URL"
-    if parts.scheme == "http" and not settings.inputs.allow_http:
-        return "http:// is not allowed here; use https://"
-    return None
+def _media_type_problem(request: web.Request) -> str | None:
+    """Why the body's declared type is not one submit reads, or ``None``."""
+    if "Content-Type" not in request.headers:
+        return None
+    media = request.content_type.lower()
+    if media in _SUBMIT_MEDIA_TYPES or (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        return None
+    return f"Content-Type {media!r} is not accepted; send application/json or multipart/form-data"
 
 
 def _accepted(request: web.Request, task: Task, *, replayed: bool) -> web.Response:
-    base = _base_url(request)
-    view = {
-        "job_id": task.task_id,
-        "task_id": task.task_id,
-        "kind": task.job_type,
-        "status": task.status,
-        "created_at": task.created_at,
-        "status_url": f"{base}/api/v1/jobs/{task.task_id}",
-    }
+    """The answer to a submit: the job's public view, as far as a new job has one."""
+    view = job_view(task, base_url(request))
+    accepted = {k: view[k] for k in ("job_id", "task_id", "kind", "status", "created_at")}
+    accepted["status_url"] = view["status_url"]
     headers = {"Location": str(view["status_url"])}
     if replayed:
         # The same answer as the first time; the header says it is a replay.
         headers["Idempotent-Replayed"] = "true"
-    return web.json_response(view, status=202, headers=headers)
-
-
-async def _stage_data_uris(
-    request: web.Request, task_id: str, data: dict[str, Any], file_fields: set[str]
-) -> dict[str, Any]:
-    """Move inline ``data:`` inputs to S3 so the task record stays small.
-
-    DynamoDB items are capped at 400 KB; a frame as a data URI is megabytes.
-    Fields typed with ``file_ref`` (``file_fields``) may hold any media type
-    (an audio clip, say); the fetcher sniffs it against the field's ``accept``.
-    """
-    results = request.app[keys.RESULTS]
-    inputs = request.app[keys.SETTINGS].inputs
-    max_bytes = inputs.max_bytes
-    buckets = {results.bucket, *inputs.s3_buckets}
-
-    async def walk(value: Any, path: str) -> Any:
-        # The fetcher enforces these too; refusing here tells the client now.
-        if isinstance(value, str) and value.startswith("http://") and not inputs.allow_http:
-            raise ValueError(f"{path}: http:// inputs are not allowed here; use https://")
-        if isinstance(value, str) and value.startswith("s3://"):
-            bucket = value[5:].split("/", 1)[0]
-            if bucket not in buckets:
-                raise ValueError(f"{path}: bucket {bucket!r} is not one inputs may be read from")
-            return value
-        if isinstance(value, str) and value.startswith("data:"):
-            try:
-                kind: RefKind = "file" if path in file_fields else "image"
-                fetched = parse_data_uri(value, path, max_bytes, kind=kind)
-                mime = (
-                    sniff_image(fetched.data, path, inputs.max_pixels)
-                    if kind == "image"
-                    else fetched.content_type or "application/octet-stream"
-                )
-            except Exception as exc:
-                raise ValueError(str(exc)) from None
-            key = results.input_key(task_id, path)
-            await results.put(key, fetched.data, mime)
-            return f"s3://{results.bucket}/{key}"
-        if isinstance(value, dict):
-            return {k: await walk(v, f"{path}.{k}" if path else k) for k, v in value.items()}
-        if isinstance(value, list):
-            return [await walk(v, f"{path}.{i}") for i, v in enumerate(value)]
-        return value
-
-    staged: dict[str, Any] = await walk(data, "")
-    return staged
+    return web.json_response(accepted, status=202, headers=headers)
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -263,7 +128,7 @@ async def get_job(request: web.Request) -> web.Response:
         # other tenants' jobs are not confirmed to exist.
         return error_response(404, "not_found", f"no job {task_id}")
     # Presigned URLs expire; every stored file gets a fresh one on every read.
-    view = await render_job(task, _base_url(request), request.app[keys.RESULTS])
+    view = await render_job(task, base_url(request), request.app[keys.RESULTS])
     return web.json_response(view)
 
 
@@ -291,7 +156,7 @@ async def cancel_job(request: web.Request) -> web.Response:
     # If it runs here, stop it now rather than at the next heartbeat.
     request.app[keys.RUNNER].cancel_local(task_id, CancelReason.REQUESTED)
     request.app[keys.WEBHOOKS].schedule(task)  # only if it is already cancelled
-    view = await render_job(task, _base_url(request), request.app[keys.RESULTS])
+    view = await render_job(task, base_url(request), request.app[keys.RESULTS])
     return web.json_response(view, status=202)
 
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import importlib.util
 import os
+import secrets
 import socket
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
@@ -29,11 +30,11 @@ from shortdrama_worker.embedded import embedded_aws
 from shortdrama_worker.faces.boxes import FaceDetector
 from shortdrama_worker.faces.local import LocalFaceDetector
 from shortdrama_worker.gates import Gates
-from shortdrama_worker.inputs import InputFetcher
+from shortdrama_worker.inputs import InputFetcher, InputRules, PixelBudget
 from shortdrama_worker.jobview import render_job
 from shortdrama_worker.metrics import Metrics
-from shortdrama_worker.middleware import json_errors, request_context
-from shortdrama_worker.netguard import AddressPolicy, GuardedResolver
+from shortdrama_worker.middleware import body_deadline, json_errors, request_context
+from shortdrama_worker.netguard import AddressPolicy, guarded_session
 from shortdrama_worker.plugins import AnyHandler, HandlerRegistry, PluginError, Readiness
 from shortdrama_worker.provenance.startup import open_content_credentials
 from shortdrama_worker.provision import provision
@@ -43,6 +44,7 @@ from shortdrama_worker.results import ResultStore
 from shortdrama_worker.runner import JobRunner
 from shortdrama_worker.settings import Resource, Settings
 from shortdrama_worker.store import TaskStore
+from shortdrama_worker.submission import Submitter
 from shortdrama_worker.watch import JobWatch
 from shortdrama_worker.web import add_routes as web_routes_add
 from shortdrama_worker.web.jobs import submit_and_wait
@@ -63,7 +65,7 @@ def create_app(
     """Build the application. Handlers come from entry points unless ``registry`` is given."""
     app = web.Application(
         client_max_size=settings.api.max_body_bytes,
-        middlewares=[request_context, json_errors, authenticate, submit_and_wait],
+        middlewares=[request_context, json_errors, authenticate, body_deadline, submit_and_wait],
     )
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics or Metrics()
@@ -91,7 +93,14 @@ def create_app(
 
 
 def instance_id(settings: Settings) -> str:
-    return settings.instance_id or f"{socket.gethostname()}:{os.getpid()}"
+    """The owner name of this process's leases: unique per process lifetime.
+
+    The configured (or host:pid) name is for people; the random suffix makes
+    two processes sharing a configured id, or a pid reused after a restart,
+    distinct owners, so neither can take the other's lease for its own.
+    """
+    name = settings.instance_id or f"{socket.gethostname()}:{os.getpid()}"
+    return f"{name}/{secrets.token_hex(4)}"
 
 
 async def _credentials(app: web.Application) -> AsyncIterator[None]:
@@ -125,14 +134,13 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
     # resolved address is checked before it is contacted.
     async with (
         aiohttp.ClientSession(timeout=timeout) as http,
-        aiohttp.ClientSession(
-            timeout=timeout, connector=aiohttp.TCPConnector(resolver=GuardedResolver(policy))
-        ) as untrusted,
+        guarded_session(policy, timeout) as untrusted,
         open_clients(settings.aws, endpoint) as clients,
     ):
         app[keys.HTTP] = http
         app[keys.UNTRUSTED_HTTP] = untrusted
         app[keys.ADDRESS_POLICY] = policy
+        app[keys.INPUT_RULES] = InputRules(settings.inputs, policy, settings.results)
         app[keys.AWS] = clients
         yield
 
@@ -153,6 +161,21 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     await queue.resolve()
     app[keys.QUEUE] = queue
     app[keys.RESULTS] = ResultStore(clients.s3, settings.results)
+    configured = settings.api.job_id_secret
+    app[keys.JOB_ID_SECRET] = (
+        configured.get_secret_value().encode()
+        if configured is not None
+        else await app[keys.STORE].shared_secret("job_ids")
+    )
+    app[keys.SUBMITTER] = Submitter(
+        settings=settings,
+        store=app[keys.STORE],
+        queue=queue,
+        results=app[keys.RESULTS],
+        rules=app[keys.INPUT_RULES],
+        metrics=app[keys.METRICS],
+        job_id_secret=app[keys.JOB_ID_SECRET],
+    )
     yield
     await queue.aclose()
 
@@ -218,9 +241,8 @@ async def _handlers(app: web.Application) -> AsyncIterator[None]:
             fetcher=InputFetcher(
                 app[keys.UNTRUSTED_HTTP],
                 app[keys.AWS].s3,
-                settings.inputs,
-                policy=app[keys.ADDRESS_POLICY],
-                results_bucket=settings.results.bucket,
+                app[keys.INPUT_RULES],
+                PixelBudget(settings.inputs.max_pixels_in_flight),
             ),
             registry=app[keys.REGISTRY],
             handlers=handlers,

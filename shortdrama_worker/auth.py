@@ -34,6 +34,9 @@ def new_key() -> tuple[str, str]:
 
 
 def find_key(presented: str, configured: list[ApiKeySettings]) -> ApiKeySettings | None:
+    if not presented.isascii():
+        # Keys are ASCII; other bytes arrive as undecodable text and are no key.
+        return None
     wanted = digest(presented)
     found = None
     for candidate in configured:
@@ -41,14 +44,6 @@ def find_key(presented: str, configured: list[ApiKeySettings]) -> ApiKeySettings
         if hmac.compare_digest(wanted, candidate.sha256.lower()):
             found = candidate
     return found
-
-
-def may_submit(key: ApiKeySettings | None, kind: str) -> bool:
-    return key is None or "*" in key.kinds or kind in key.kinds
-
-
-def may_read(key: ApiKeySettings | None, submitted_by: str | None) -> bool:
-    return key is None or key.read_all or submitted_by == key.id
 
 
 @web.middleware

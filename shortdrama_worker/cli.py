@@ -246,7 +246,15 @@ async def _serve(settings: Any) -> int:
         app = create_app(settings)
     except PluginError as exc:
         raise CliError(str(exc)) from None
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    # After the drain, open requests get api.shutdown_timeout_s to finish; a
+    # client trickling a request cannot hold the process past the unit's
+    # TimeoutStopSec (aiohttp's own default would wait 60 s).
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=settings.api.shutdown_timeout_s,
+    )
     try:
         await runner.setup()
         site = web.TCPSite(runner, settings.api.host, settings.api.port)

@@ -22,7 +22,7 @@ from shortdrama_worker.contract import (
 )
 from shortdrama_worker.faces.boxes import FaceDetector
 from shortdrama_worker.gates import GpuSlots
-from shortdrama_worker.inputs import InputFetcher
+from shortdrama_worker.inputs import InputFetcher, PixelHold
 from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.provenance import (
     SIGNED_TYPES,
@@ -78,6 +78,9 @@ class RunContext:
         # Every input fetched, in the order the handler asked for them: the
         # ingredients of the Content Credentials of each result image.
         self.inputs: list[InputRecord | None] = []
+        # Decoded inputs stay in memory until the job ends, so their pixels
+        # count against the process budget until then (``release``).
+        self._pixels = PixelHold(fetcher.budget)
 
     async def fetch_file(
         self,
@@ -108,7 +111,9 @@ class RunContext:
     ) -> Image.Image:
         started = time.monotonic()
         slot = self._input_slot()
-        fetched, image = await self._fetcher.fetch_decoded(ref, field=field)
+        fetched, image = await self._fetcher.fetch_decoded(
+            ref, field=field, hold=self._pixels, max_side=max_side
+        )
         self.metrics.observe_phase(self.kind, "fetch", time.monotonic() - started)
         self.inputs[slot] = InputRecord(field, fetched.data, sniff_content_type(fetched.data))
         return image
@@ -200,6 +205,10 @@ class RunContext:
             )
         except (StoreError, StaleTransition) as exc:
             self.log.warning("progress_not_recorded", error=str(exc))
+
+    def release(self) -> None:
+        """The job is over: its decoded inputs no longer count against the budget."""
+        self._pixels.release()
 
     def gpu(self) -> AbstractAsyncContextManager[None]:
         return self._gpu.hold(self.kind)

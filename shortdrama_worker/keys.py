@@ -9,6 +9,7 @@ from shortdrama_worker.aws import AwsClients
 from shortdrama_worker.consumer import Consumer
 from shortdrama_worker.depth import QueueDepthExporter
 from shortdrama_worker.gates import Gates
+from shortdrama_worker.inputs import InputRules
 from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.netguard import AddressPolicy
 from shortdrama_worker.plugins import AnyHandler, HandlerRegistry, Readiness
@@ -19,6 +20,7 @@ from shortdrama_worker.results import ResultStore
 from shortdrama_worker.runner import JobRunner
 from shortdrama_worker.settings import Settings
 from shortdrama_worker.store import TaskStore
+from shortdrama_worker.submission import Submitter
 from shortdrama_worker.watch import JobWatch
 from shortdrama_worker.webhooks import WebhookSender
 
@@ -29,6 +31,10 @@ HANDLERS = web.AppKey("handlers", dict[str, AnyHandler])
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 UNTRUSTED_HTTP = web.AppKey("untrusted_http", aiohttp.ClientSession)
 ADDRESS_POLICY = web.AppKey("address_policy", AddressPolicy)
+INPUT_RULES = web.AppKey("input_rules", InputRules)
+# Key of the HMAC that turns an Idempotency-Key into a job id.
+JOB_ID_SECRET = web.AppKey("job_id_secret", bytes)
+SUBMITTER = web.AppKey("submitter", Submitter)
 ENDPOINT_URL = web.AppKey("endpoint_url", str)
 AWS = web.AppKey("aws", AwsClients)
 STORE = web.AppKey("store", TaskStore)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -19,15 +21,22 @@ _CODES = {
     400: "bad_request",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "body_too_large",
     415: "unsupported_media_type",
 }
+# Headers of an aiohttp HTTP error that say something to the client (Allow on 405).
+_KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bind a request id for every log line of the request; echo it back."""
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    # A client's id is echoed only if it is a plain token: anything else could
+    # not be written back as a header, or would forge log fields.
+    offered = request.headers.get("X-Request-Id", "")
+    request_id = offered if _REQUEST_ID.match(offered) else uuid.uuid4().hex
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     started = time.monotonic()
@@ -66,7 +75,31 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status == 413:
             limit = request.app[keys.SETTINGS].api.max_body_bytes
             message = f"request body larger than {limit} bytes"
-        return error_response(exc.status, _CODES.get(exc.status, "http_error"), message or "")
+        response = error_response(exc.status, _CODES.get(exc.status, "http_error"), message or "")
+        for name in _KEPT_HEADERS:
+            if name in exc.headers:
+                response.headers[name] = exc.headers[name]
+        return response
     except Exception:
         log.exception("unhandled_error", path=request.path)
         return error_response(500, "internal_error", "internal error; see the server log")
+
+
+@web.middleware
+async def body_deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A request body must arrive within ``api.body_timeout_s``.
+
+    The body is read here, under the deadline, and cached on the request, so a
+    client trickling bytes cannot hold a handler (or shutdown) for long.
+    """
+    if request.body_exists:
+        deadline = request.app[keys.SETTINGS].api.body_timeout_s
+        try:
+            async with asyncio.timeout(deadline):
+                await request.read()
+        except TimeoutError:
+            message = f"request body not received within {deadline:g} s"
+            response = error_response(408, "request_timeout", message)
+            response.force_close()  # the rest of that body is not wanted
+            return response
+    return await handler(request)

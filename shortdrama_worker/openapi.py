@@ -117,7 +117,13 @@ def build_openapi(registry: HandlerRegistry) -> dict[str, Any]:
                     "name": "Idempotency-Key",
                     "in": "header",
                     "required": False,
-                    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                    # Visible ASCII and spaces, as HTTP header values should be.
+                    "schema": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 255,
+                        "pattern": "^[ -~]+$",
+                    },
                 },
             ],
             "requestBody": {
@@ -135,7 +141,9 @@ def build_openapi(registry: HandlerRegistry) -> dict[str, Any]:
                     },
                 },
                 "400": _err("Malformed JSON"),
+                "408": _err("Body not received within api.body_timeout_s"),
                 "413": _err("Body too large"),
+                "415": _err("Content-Type is not application/json"),
                 "422": _err("Invalid input; one entry per field"),
                 "503": _err("Task store or queue unreachable; nothing was written"),
             },

@@ -5,7 +5,8 @@ dated by the job's creation, so a lifecycle rule can expire old days and an
 operator can find a job's files from its id and date. The attempt keeps a run
 that lost its lease from overwriting the file of the run that completed.
 Staged inputs (``data:`` URIs sent to the API) go to
-``{input_prefix}/{task_id}/{field}``.
+``{input_prefix}/{task_id}/{submit}/{field}``, ``submit`` unique to the
+request, so a refused or repeated submit never overwrites a job's inputs.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ class ResultStore:
         day = time.strftime("%Y/%m/%d", time.gmtime(created_at))
         return f"{self.settings.prefix}/{kind}/{day}/{task_id}/{attempt}/{name}"
 
-    def input_key(self, task_id: str, field: str) -> str:
-        return f"{self.settings.input_prefix}/{task_id}/{field}"
+    def input_key(self, task_id: str, submit: str, field: str) -> str:
+        return f"{self.settings.input_prefix}/{task_id}/{submit}/{field}"
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         try:
@@ -47,6 +48,14 @@ class ResultStore:
             )
         except (ClientError, BotoCoreError, OSError) as exc:
             raise ResultStoreError(f"S3 put {key} failed: {exc}") from exc
+
+    async def delete(self, keys: list[str]) -> None:
+        """Remove objects (best effort is the caller's choice: this raises on failure)."""
+        for key in keys:
+            try:
+                await self._s3.delete_object(Bucket=self.bucket, Key=key)
+            except (ClientError, BotoCoreError, OSError) as exc:
+                raise ResultStoreError(f"S3 delete {key} failed: {exc}") from exc
 
     async def url(self, key: str) -> str:
         """The CDN URL when a domain is configured, else a presigned GET URL."""

@@ -233,6 +233,7 @@ class JobRunner:
             )
         finally:
             heartbeat.cancel()
+            ctx.release()  # its decoded inputs no longer count against the pixel budget
             self.running.pop(task.task_id, None)
             self.metrics.in_flight.labels(kind).dec()
 

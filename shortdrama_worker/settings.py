@@ -93,6 +93,24 @@ class ApiSettings(Section):
         le=3600,
         description="Longest `Prefer: wait=N` honoured on submit and status (seconds).",
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host[:port] values of the Host header that status URLs may be built "
+        "from when public_url is unset; any other Host gets the bound address.",
+    )
+    job_id_secret: SecretStr | None = Field(
+        default=None,
+        description="Key for job ids derived from Idempotency-Key (HMAC); unset means one "
+        "generated once and kept in the task table, shared by every instance.",
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="A request's body must arrive within this."
+    )
+    shutdown_timeout_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="After the drain, how long open requests may still finish.",
+    )
 
 
 def _default_in_flight() -> dict[Resource, int]:
@@ -153,6 +171,12 @@ class InputSettings(Section):
     max_bytes: int = Field(default=30 * 1024 * 1024, ge=1024)
     timeout_s: float = Field(default=30.0, gt=0)
     max_pixels: int = Field(default=80_000_000, ge=1)
+    max_pixels_in_flight: int = Field(
+        default=100_000_000,
+        ge=1,
+        description="Decoded input pixels held at once across the process (jobs wait for "
+        "room); an image larger than this is decoded alone.",
+    )
     allow_http: bool = False
     max_redirects: int = Field(default=3, ge=0, le=10)
     allow_networks: list[str] = Field(

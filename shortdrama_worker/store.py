@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -154,7 +155,34 @@ class TaskStore:
             ConsistentRead=True,
         )
         item = reply.get("Item")
-        return _unmarshal(item) if item else None
+        # Only task records: the table also keeps the service's own secrets.
+        return _unmarshal(item) if item and "job_type" in item else None
+
+    async def shared_secret(self, name: str) -> bytes:
+        """A random 256-bit secret kept in the table, the same for every instance.
+
+        Made on first use with a conditional put, so concurrent first starts
+        agree on one value. The record is not a task: ``get`` never returns it.
+        """
+        item_id = f"__secret__{name}"
+        for _ in range(2):
+            reply = await self._call(
+                self._db.get_item,
+                TableName=self.table,
+                Key={"task_id": {"S": item_id}},
+                ConsistentRead=True,
+            )
+            stored = reply.get("Item", {}).get("secret", {}).get("S")
+            if stored:
+                return bytes.fromhex(stored)
+            with contextlib.suppress(StaleTransition):  # another instance made it first
+                await self._call(
+                    self._db.put_item,
+                    TableName=self.table,
+                    Item={"task_id": {"S": item_id}, "secret": {"S": secrets.token_hex(32)}},
+                    ConditionExpression="attribute_not_exists(task_id)",
+                )
+        raise StoreError(f"shared secret {name!r} could not be read back")
 
     async def delete_pending(self, task_id: str) -> None:
         """Undo a ``create`` whose message could not be queued."""

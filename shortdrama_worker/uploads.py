@@ -1,23 +1,23 @@
 """Request bodies for submit: JSON, or ``multipart/form-data`` with image files.
 
 A file part becomes a ``data:`` URI of its sniffed type, so uploads pass the
-same limits, checks and staging to S3 as inline images do. Image headers are
-read here (format and size, no pixels decoded) so that a non-image or an
-over-limit image named ``.png`` is refused at submit, naming its field.
+same limits, checks and staging to S3 as inline values do (``submission``
+reads image headers: a non-image or an over-limit image named ``.png`` is
+refused at submit, naming its field).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import io
 import json
-import warnings
 from typing import Any
 
-from aiohttp import BodyPartReader, web
-from PIL import Image, UnidentifiedImageError
+from aiohttp import BodyPartReader, MultipartReader, StreamReader, web
 
 from shortdrama_worker import keys
+from shortdrama_worker.contract import IMAGE_TYPES, sniff_content_type
+from shortdrama_worker.plugins import HandlerSpec
 from shortdrama_worker.responses import error_response
 
 _READ_CHUNK = 256 * 1024
@@ -39,44 +39,15 @@ class BodyError(Exception):
         return error_response(self.status, self.code, str(self), **extra)
 
 
-def sniff_image(data: bytes, field: str, max_pixels: int) -> str:
-    """The image's real media type from its header; ``BodyError`` (422) if it is not one we take."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                fmt, (width, height) = image.format, image.size
-    except (UnidentifiedImageError, Image.DecompressionBombError):
-        raise BodyError(
-            422, "not_an_image", f"{field}: not an image (PNG, JPEG, WebP, GIF, BMP, TIFF…)", field
-        ) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise BodyError(
-            422, "not_an_image", f"{field}: corrupt image header: {exc}", field
-        ) from None
-    if width * height > max_pixels:
-        raise BodyError(
-            422,
-            "input_too_large",
-            f"{field}: image is {width}×{height} = {width * height} pixels, over the limit of "
-            f"{max_pixels} (inputs.max_pixels)",
-            field,
-        )
-    mime = Image.MIME.get(fmt or "", "")
-    if not mime.startswith("image/"):
-        raise BodyError(
-            422, "not_an_image", f"{field}: {fmt} is not an image format we take", field
-        )
-    return mime
-
-
-async def read_body(request: web.Request, schema: dict[str, Any]) -> dict[str, Any]:
+async def read_body(request: web.Request, spec: HandlerSpec) -> dict[str, Any]:
     """The submitted JSON object, from a JSON body or a multipart form."""
     if request.content_type == "multipart/form-data":
-        return await _form(request, schema)
+        return await _form(request, spec.cls.input_model.model_json_schema())
     raw = await request.read()
     try:
         body = json.loads(raw or b"null")
+    except RecursionError:
+        raise BodyError(400, "malformed_json", "request body is nested too deeply") from None
     except ValueError as exc:
         raise BodyError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
@@ -90,8 +61,8 @@ async def _form(request: web.Request, schema: dict[str, Any]) -> dict[str, Any]:
     body: dict[str, Any] = {}
     fields: dict[str, Any] = {}
     total = 0
-    reader = await request.multipart()
-    while (part := await reader.next()) is not None:
+    reader = await _multipart(request)
+    while (part := await _next_part(reader)) is not None:
         if not isinstance(part, BodyPartReader) or not part.name:
             raise BodyError(400, "malformed_form", "every form part needs a name")
         name = part.name
@@ -100,11 +71,12 @@ async def _form(request: web.Request, schema: dict[str, Any]) -> dict[str, Any]:
         data = await _read_part(part, name, limit, body_limit - total, body_limit)
         total += len(data)
         if is_file:
-            mime = sniff_image(data, name, settings.inputs.max_pixels)
-            fields[name] = f"data:{mime};base64,{base64.b64encode(data).decode()}"
+            fields[name] = _data_uri(data, name, schema)
         elif name == "json":
             try:
                 parsed = json.loads(data)
+            except RecursionError:
+                raise BodyError(400, "malformed_json", "json part: nested too deeply") from None
             except ValueError as exc:
                 raise BodyError(
                     400, "malformed_json", f"json part: not valid JSON: {exc}"
@@ -116,6 +88,26 @@ async def _form(request: web.Request, schema: dict[str, Any]) -> dict[str, Any]:
             fields[name] = _form_value(data.decode(part.get_charset("utf-8")), name, schema)
     # Parts named after fields win over the same fields inside the json part.
     return {**body, **fields}
+
+
+async def _multipart(request: web.Request) -> MultipartReader:
+    """A reader over the body, which the deadline middleware has already read in full."""
+    body = await request.read()
+    stream = StreamReader(request.protocol, len(body) + 1, loop=asyncio.get_running_loop())
+    stream.feed_data(body)
+    stream.feed_eof()
+    try:
+        return MultipartReader(request.headers, stream)
+    except ValueError as exc:  # no boundary in Content-Type
+        raise BodyError(400, "malformed_form", f"not a readable multipart form: {exc}") from None
+
+
+async def _next_part(reader: MultipartReader) -> Any:
+    try:
+        return await reader.next()
+    except (ValueError, AssertionError, KeyError) as exc:
+        # aiohttp's parser reports a missing or wrong boundary this way.
+        raise BodyError(400, "malformed_form", f"not a readable multipart form: {exc}") from None
 
 
 async def _read_part(
@@ -138,6 +130,15 @@ async def _read_part(
                 name,
             )
     return bytes(chunks)
+
+
+def _data_uri(data: bytes, name: str, schema: dict[str, Any]) -> str:
+    """A file part as a ``data:`` URI of its sniffed type (checked in full at submit)."""
+    reference = schema.get("properties", {}).get(name, {}).get("x-reference", {})
+    mime = sniff_content_type(data)
+    if reference.get("kind", "image") == "image" and mime not in IMAGE_TYPES:
+        raise BodyError(422, "not_an_image", f"{name}: not a PNG, JPEG or WebP image", name)
+    return f"data:{mime or 'application/octet-stream'};base64,{base64.b64encode(data).decode()}"
 
 
 def _form_value(text: str, name: str, schema: dict[str, Any]) -> Any:

@@ -23,12 +23,14 @@ from typing import Any
 
 import aiohttp
 import structlog
+import yarl
 
 from shortdrama_worker.netguard import (
     AddressPolicy,
     AddressRefused,
-    literal_refusal,
+    UrlRefused,
     refusal_of,
+    web_target,
 )
 from shortdrama_worker.settings import WebhookSettings
 from shortdrama_worker.store import StoreError, Task, TaskStore
@@ -84,6 +86,18 @@ class WebhookSender:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
+    def _target(self, url: str) -> yarl.URL:
+        """The normalised URL to post to; ``UrlRefused`` if it may never be posted to.
+
+        Judged as aiohttp will connect (yarl, IDNA), the same rules as inputs;
+        the session's resolver and request hook judge it again at connect time.
+        """
+        target = web_target(url, allow_http=True)
+        reason = self._policy.url_refusal(target)
+        if reason:
+            raise UrlRefused(reason, code="address_refused")
+        return target
+
     async def _deliver(self, task: Task) -> None:
         assert task.callback_url is not None and self.settings.secret is not None
         secret = secret_bytes(self.settings.secret.get_secret_value())
@@ -108,12 +122,10 @@ class WebhookSender:
             }
             record: dict[str, Any] = {"attempt": attempt, "at": timestamp}
             retry = True
-            literal = literal_refusal(task.callback_url, self._policy)
             try:
-                if literal:
-                    raise AddressRefused(task.callback_url, literal)
+                url = self._target(task.callback_url)
                 async with self._http.post(
-                    task.callback_url,
+                    url,
                     data=body,
                     headers=headers,
                     allow_redirects=False,  # a redirect could lead inside the network
@@ -121,6 +133,9 @@ class WebhookSender:
                 ) as resp:
                     record["status"] = resp.status
                     retry = not 200 <= resp.status < 300
+            except UrlRefused as exc:
+                record["error"] = f"refused: {exc.reason}"
+                retry = False
             except (aiohttp.ClientError, TimeoutError, AddressRefused) as exc:
                 refused = refusal_of(exc)
                 record["error"] = f"refused: {refused.reason}" if refused else str(exc) or "timeout"
@@ -129,8 +144,10 @@ class WebhookSender:
             with contextlib.suppress(StoreError):
                 await self._store.record_deliveries(task.task_id, deliveries)
             if not retry:
-                bound.info("webhook_delivered" if "status" in record else "webhook_refused",
-                           attempt=attempt, **record)  # fmt: skip
+                # ``record`` carries ``attempt`` already.
+                bound.info(
+                    "webhook_delivered" if "status" in record else "webhook_refused", **record
+                )
                 return
             bound.warning("webhook_failed", **record)
             if attempt < self.settings.max_attempts:

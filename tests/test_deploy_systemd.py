@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from shortdrama_worker.cli import _parser
-from shortdrama_worker.settings import ConsumerSettings, Settings, load_settings
+from shortdrama_worker.settings import ApiSettings, ConsumerSettings, Settings, load_settings
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "systemd"
 SERVICE = DEPLOY / "shortdrama-worker.service"
@@ -188,7 +188,9 @@ def test_unit_keeps_the_lifecycle_contract(unit: Path) -> None:
     assert 10 <= watchdog <= 300
     # SIGKILL must not cut the drain short: the grace plus time to write the
     # final state of the jobs it cancels.
-    grace = ConsumerSettings().shutdown_grace_s
+    # Then open HTTP requests get api.shutdown_timeout_s before the server
+    # closes them: that too must fit.
+    grace = ConsumerSettings().shutdown_grace_s + ApiSettings().shutdown_timeout_s
     assert _seconds(d["TimeoutStopSec"][0]) >= grace + 30
 
 

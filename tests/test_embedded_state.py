@@ -29,6 +29,9 @@ def embedded_env(state_dir: Path, aws_port: int, consume: bool) -> dict[str, str
             "SHORTDRAMA_CONSUMER__MAX_IN_FLIGHT": f'{{"gpu": 1, "cpu": {4 if consume else 0}}}',
             "SHORTDRAMA_LOG__FORMAT": "json",
             "SHORTDRAMA_HANDLERS__ALLOW": '["example_echo"]',
+            # Results are signed, as on the embedded default (config/local.toml).
+            "SHORTDRAMA_PROVENANCE__DEV_CERTIFICATE": "true",
+            "SHORTDRAMA_PROVENANCE__DEV_CERTIFICATE_DIR": str(state_dir / "dev-certificate"),
         }
     )
     return env

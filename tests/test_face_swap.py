@@ -411,9 +411,10 @@ async def test_full_face_swap_with_the_local_detector(
 
 
 def test_bad_requests_are_refused_at_submit() -> None:
+    # A real bucket name: S3 names are 3–63 characters, and references are checked.
     good = {
         "source_image": "https://x.example/a.png",
-        "target_face": "s3://b/k.png",
+        "target_face": "s3://frames/k.png",
         "target_face_consent": CONSENT,
     }
     FullFaceSwapInput.model_validate(good)

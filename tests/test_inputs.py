@@ -51,18 +51,31 @@ async def failed_job(client: Any, url: str) -> dict[str, Any]:
         ("http://127.0.0.1:9/frame.png", "127.0.0.1 is a loopback address"),
         ("http://[::1]:9/frame.png", "::1 is a loopback address"),
         ("http://10.0.0.8/frame.png", "10.0.0.8 is a private address"),
-        ("http://localhost:9/frame.png", "is a loopback address"),
     ],
 )
-async def test_internal_addresses_are_refused(
+async def test_internal_address_literals_are_refused_at_submit(
     make_settings: Any, start_app: Any, url: str, reason: str
 ) -> None:
     settings = make_settings(inputs={"allow_http": True, "allow_networks": []})
     _, client = await start_app(settings, registry())
-    job = await failed_job(client, url)
+    resp = await client.post("/api/v1/scripted/jobs", json={"image_url": url})
+    assert resp.status == 422
+    error = (await resp.json())["error"]
+    assert error["fields"][0]["field"] == "image_url"
+    assert error["fields"][0]["type"] == "address_refused"
+    assert error["message"].startswith("image_url: ")
+    assert reason in error["message"]
+
+
+async def test_a_name_resolving_inside_is_refused_at_run_time(
+    make_settings: Any, start_app: Any
+) -> None:
+    settings = make_settings(inputs={"allow_http": True, "allow_networks": []})
+    _, client = await start_app(settings, registry())
+    job = await failed_job(client, "http://localhost:9/frame.png")
     assert job["error"]["code"] == "address_refused"
     assert job["error_message"].startswith("image_url: ")
-    assert reason in job["error_message"]
+    assert "is a loopback address" in job["error_message"]
 
 
 async def test_each_redirect_is_checked_again(

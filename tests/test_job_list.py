@@ -93,7 +93,14 @@ async def test_listed_jobs_carry_their_files_inputs_and_timings(api: Any) -> Non
     async with api.session.get(file["url"]) as resp:
         assert await resp.read() == b"done"
     assert listed["timings"]["run_s"] is not None and listed["timings"]["total_s"] >= 0
-    assert listed["input"] == {"fail_times": 0, "sleep_s": 0.0}
+    # The input as validated: defaults filled in, nulls kept (a required field
+    # may be nullable, and must still be there when the job runs).
+    assert listed["input"] == {
+        "fail_times": 0,
+        "sleep_s": 0.0,
+        "permanent": None,
+        "image_url": None,
+    }
 
 
 @pytest.mark.parametrize(

@@ -81,7 +81,9 @@ async def test_non_images_and_oversize_images_are_refused_at_submit_naming_the_f
 
     resp = await send(b"%PDF-1.4 not a picture at all")
     assert resp.status == 422
-    assert (await resp.json())["error"]["message"].startswith("image_url: not an image")
+    assert (await resp.json())["error"]["message"].startswith(
+        "image_url: not a PNG, JPEG or WebP image"
+    )
 
     resp = await send(png(200, 100))  # 20,000 pixels, limit 10,000
     assert resp.status == 422

@@ -108,17 +108,34 @@ async def test_a_failed_job_is_announced_with_its_reason(
     assert event["data"]["error_message"] == "no face found"
 
 
-async def test_a_callback_inside_the_network_is_refused_and_not_retried(
+async def test_a_callback_to_an_internal_address_is_refused_at_submit(
     make_settings: Any, start_app: Any, receiver: Any
 ) -> None:
     settings = make_settings(
         webhooks={"secret": SECRET}, inputs={"allow_http": True, "allow_networks": []}
     )
     _, client = await start_app(settings, registry())
-    job_id = await submit(client, "scripted", {"callback_url": receiver.url})
+    resp = await client.post("/api/v1/scripted/jobs", json={"callback_url": receiver.url})
+    assert resp.status == 422
+    error = (await resp.json())["error"]
+    assert error["fields"][0]["field"] == "callback_url"
+    assert "127.0.0.1 is a loopback address" in error["message"]
+    assert receiver.received == []
+
+
+async def test_a_callback_name_resolving_inside_is_refused_and_not_retried(
+    make_settings: Any, start_app: Any, receiver: Any
+) -> None:
+    settings = make_settings(
+        webhooks={"secret": SECRET}, inputs={"allow_http": True, "allow_networks": []}
+    )
+    _, client = await start_app(settings, registry())
+    url = receiver.url.replace("127.0.0.1", "localhost")
+    job_id = await submit(client, "scripted", {"callback_url": url})
     job = await wait_deliveries(client, job_id, 1)
     [delivery] = job["webhook"]["deliveries"]
-    assert delivery["error"] == "refused: 127.0.0.1 is a loopback address"
+    assert delivery["error"].startswith("refused: ")
+    assert "is a loopback address" in delivery["error"]
     assert receiver.received == []
 
 

@@ -54,14 +54,16 @@ class LocalFaceDetector:
         """Detect faces; blocking, call from a thread."""
         import numpy as np
 
-        rgb = image.convert("RGB")
+        # convert() copies even an RGB image: a full-size copy of a 79 MP frame
+        # is 240 MB held only to be downscaled.
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
         scale = 1.0
         longest = max(rgb.size)
         if longest > self.detect_max_side:
             scale = longest / self.detect_max_side
-            rgb = rgb.resize(
-                (round(rgb.width / scale), round(rgb.height / scale)), Image.Resampling.BILINEAR
-            )
+            # Never a zero side: a long sliver would crash the resize.
+            size = (max(1, round(rgb.width / scale)), max(1, round(rgb.height / scale)))
+            rgb = rgb.resize(size, Image.Resampling.BILINEAR)
         found = self._model().detect_faces(np.asarray(rgb))
         faces = []
         for item in found:

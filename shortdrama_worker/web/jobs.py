@@ -11,7 +11,8 @@ import structlog
 from aiohttp import web
 
 from shortdrama_worker import api, keys
-from shortdrama_worker.auth import REQUEST_KEY, may_read
+from shortdrama_worker.access import may_read
+from shortdrama_worker.auth import REQUEST_KEY
 from shortdrama_worker.responses import error_response
 from shortdrama_worker.store import StoreError
 from shortdrama_worker.web.listing import ListingError, list_jobs, parse_query

@@ -11,13 +11,9 @@ from typing import Any
 from aiohttp import web
 
 from shortdrama_worker import keys
+from shortdrama_worker.api import base_url
 from shortdrama_worker.jobview import render_job
 from shortdrama_worker.store import Task
-
-
-def base_url(request: web.Request) -> str:
-    configured = request.app[keys.SETTINGS].api.public_url
-    return configured.rstrip("/") if configured else f"{request.scheme}://{request.host}"
 
 
 async def detailed_view(request: web.Request, task: Task) -> dict[str, Any]:
