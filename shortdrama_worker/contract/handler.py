@@ -76,6 +76,10 @@ class Handler(Generic[InputT, SettingsT]):
     """Validates ``[handlers.options.<kind>]``; errors stop start-up."""
     timeout_s: ClassVar[float] = 600.0
     description: ClassVar[str] = ""
+    deterministic: ClassVar[bool] = False
+    """True when the same input (by content) and settings always give the same
+    result, so the host may answer a repeated request with an earlier result
+    instead of running again. Clients may ask for that on any kind."""
 
     def __init__(self, env: HandlerEnv[SettingsT]) -> None:
         self.env = env

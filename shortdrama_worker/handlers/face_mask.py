@@ -63,6 +63,9 @@ class FaceMaskHandler(Handler[FaceMaskInput, FaceMaskSettings]):
     input_model = FaceMaskInput
     settings_model = FaceMaskSettings
     timeout_s = 120.0
+    # The same frame and settings give the same mask: a repeat is answered
+    # from the earlier result (see ``reuse``).
+    deterministic = True
     description = "Black out one face (ellipse over the face, not the hair); PNG of the same size."
 
     def __init__(self, env: HandlerEnv[FaceMaskSettings]) -> None:

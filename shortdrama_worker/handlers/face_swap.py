@@ -256,7 +256,7 @@ class FaceSwapHandler(Handler[FaceSwapInput, FaceSwapSettings]):
             "image": image_record(stored, swap.image),
             "size": swap.size,
             "watermark": watermark,
-            "usage": {"ark": swap.image.usage},
+            "usage": {"ark": {**swap.image.usage, "model": swap.image.model}},
             "provenance": {
                 **self.swapper.provenance(swap),
                 "inputs": {
