@@ -198,21 +198,24 @@ class Limits:
     async def _take_slot(self, principal: str, task_id: str, limit: int) -> bool:
         """Enter ``task_id`` in the key's unfinished set; whether it was not there yet."""
         item = f"{PREFIX}{principal}/live"
-        for attempt in range(2):
+        for attempt in range(3):
             try:
                 reply = await self._update(
                     item,
                     "SET #jobs.#id = :now",
-                    "attribute_exists(#jobs.#id) OR size(#jobs) < :max",
+                    # No map yet: the write fails on the path and the map is made.
+                    "attribute_not_exists(#jobs) OR attribute_exists(#jobs.#id)"
+                    " OR size(#jobs) < :max",
                     {"#jobs": "jobs", "#id": task_id},
                     {":now": _n(round(self._clock(), 3)), ":max": _n(limit)},
                     returns="UPDATED_OLD",
                 )
-                return "Attributes" not in reply
+                old = reply.get("Attributes", {}).get("jobs", {}).get("M", {})
+                return task_id not in old
             except _MissingMap:
                 await self._create_map(item)
             except _Refused:
-                if attempt == 0 and await self._repair(item):
+                if attempt < 2 and await self._repair(item):
                     continue
                 break
         raise LimitExceeded(
