@@ -59,9 +59,7 @@ class EmbeddedEndpoint:
             ) from exc
         self.state = state
         self.app: Any = DomainDispatcherApplication(create_backend_app)
-        served = one_write_at_a_time(
-            state.middleware(self.app) if state is not None else self.app
-        )
+        served = one_write_at_a_time(state.middleware(self.app) if state is not None else self.app)
         self._server = make_server(
             "127.0.0.1", port, served, threaded=True, request_handler=MotoRequestHandler
         )

@@ -77,7 +77,9 @@ async def test_a_rate_limit_holds_across_two_instances(make_settings: Any, start
     assert len(accepted) == 5
     await all_completed(a, accepted)
     assert sorted(scripted(first).finished + scripted(second).finished) == sorted(accepted)
-    refused = sum(app[keys.METRICS].submits_refused.labels("rate")._value.get() for app in (first, second))
+    refused = sum(
+        app[keys.METRICS].submits_refused.labels("rate")._value.get() for app in (first, second)
+    )
     assert refused == 9
 
 
@@ -85,7 +87,7 @@ async def test_a_concurrency_limit_holds_across_two_instances_and_frees_on_finis
     make_settings: Any, start_app: Any
 ) -> None:
     limits = {"default": {"concurrency": 3}}
-    first, second, a, b = await two_instances(make_settings, start_app, limits=limits)
+    _first, _second, a, b = await two_instances(make_settings, start_app, limits=limits)
     answers = await burst([a, b], 12, {"sleep_s": 1.0})
     accepted = check_refusals(answers, "concurrency")
     assert len(accepted) == 3
@@ -167,7 +169,7 @@ async def test_a_slot_whose_release_was_lost_is_repaired(
     """A worker that died after finishing a job but before freeing its slot leaks
     nothing for good: the next refusal looks at the jobs it counts."""
     settings = make_settings(limits={"default": {"concurrency": 2}})
-    app, client = await start_app(settings, registry())
+    _app, client = await start_app(settings, registry())
     done = await submit(client, "scripted", {})
     await wait_for(client, done)
     table = settings.store.table
