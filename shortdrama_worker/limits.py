@@ -20,6 +20,7 @@ the status index never lists them, and ``expires_at`` lets TTL remove them):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import math
@@ -134,17 +135,23 @@ class Limits:
         if limits.concurrency is None and not quota:
             return None
         principal = self.principal(key_id)
-        slot = False
-        if limits.concurrency is not None:
-            slot = await self._take_slot(principal, task_id, limits.concurrency)
-        day = None
-        if quota:
-            try:
-                day = await self._count_day(principal, limits)
-            except BaseException:
-                if slot:
-                    await self.release_slot(principal, task_id)
-                raise
+        # Both writes at once: a submit pays one round trip for them, not two.
+        taken = await asyncio.gather(
+            self._take_slot(principal, task_id, limits.concurrency)
+            if limits.concurrency is not None
+            else _nothing(False),
+            self._count_day(principal, limits) if quota else _nothing(None),
+            return_exceptions=True,
+        )
+        slot, day = taken
+        failure = next((t for t in taken if isinstance(t, BaseException)), None)
+        if failure is not None:
+            # Give back whichever half succeeded, then report the refusal.
+            await self.refund(
+                Admission(principal, task_id, slot is True, day if isinstance(day, str) else None)
+            )
+            raise failure
+        assert isinstance(slot, bool) and (day is None or isinstance(day, str))
         return Admission(principal, task_id, slot, day)
 
     async def refund(self, admission: Admission) -> None:
@@ -348,6 +355,10 @@ class Limits:
         except (BotoCoreError, OSError) as exc:
             raise StoreError(str(exc)) from exc
         return reply
+
+
+async def _nothing(value: Any) -> Any:
+    return value
 
 
 class _Refused(Exception):
