@@ -109,6 +109,12 @@ def main() -> None:
             300,
         ),
         (
+            "Per-key limits on a submit, and a reused request, beside the baseline",
+            ["bench/limits_reuse.py"],
+            "bench/limits_reuse.py",
+            300,
+        ),
+        (
             "Profile of the dispatch hot path (pyinstrument, worker process)",
             ["bench/profile_dispatch.py", "--lines", "60"],
             "bench/profile_dispatch.py",

@@ -88,9 +88,19 @@ async def submit(request: web.Request) -> web.Response:
     except BodyError as exc:
         return exc.response()
     except SubmitError as exc:
-        extra = {"fields": exc.fields} if exc.fields is not None else {}
-        return error_response(exc.status, exc.code, exc.message, **extra)
+        return submit_error(exc)
     return _accepted(request, accepted.task, replayed=accepted.replayed)
+
+
+def submit_error(exc: SubmitError) -> web.Response:
+    """A refused submit as its JSON error, with ``Retry-After`` for a spent limit."""
+    extra = {**exc.extra, **({"fields": exc.fields} if exc.fields is not None else {})}
+    if exc.retry_after_s is not None:
+        extra["retry_after_s"] = exc.retry_after_s
+    response = error_response(exc.status, exc.code, exc.message, **extra)
+    if exc.retry_after_s is not None:
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
 
 
 def _media_type_problem(request: web.Request) -> str | None:

@@ -32,6 +32,8 @@ from shortdrama_worker.faces.local import LocalFaceDetector
 from shortdrama_worker.gates import Gates
 from shortdrama_worker.inputs import InputFetcher, InputRules, PixelBudget
 from shortdrama_worker.jobview import render_job
+from shortdrama_worker.ledger import Ledger
+from shortdrama_worker.limits import Limits
 from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.middleware import body_deadline, json_errors, request_context
 from shortdrama_worker.netguard import AddressPolicy, guarded_session
@@ -41,13 +43,16 @@ from shortdrama_worker.provision import provision
 from shortdrama_worker.queue import JobQueue
 from shortdrama_worker.reconcile import Reconciler
 from shortdrama_worker.results import ResultStore
+from shortdrama_worker.reuse import Reuser
 from shortdrama_worker.runner import JobRunner
 from shortdrama_worker.settings import Resource, Settings
 from shortdrama_worker.store import TaskStore
 from shortdrama_worker.submission import Submitter
 from shortdrama_worker.watch import JobWatch
 from shortdrama_worker.web import add_routes as web_routes_add
+from shortdrama_worker.web import cors
 from shortdrama_worker.web.jobs import submit_and_wait
+from shortdrama_worker.web.limiting import limit_submits
 from shortdrama_worker.web.restore import requeue_unfinished
 from shortdrama_worker.webhooks import WebhookSender
 
@@ -65,8 +70,19 @@ def create_app(
     """Build the application. Handlers come from entry points unless ``registry`` is given."""
     app = web.Application(
         client_max_size=settings.api.max_body_bytes,
-        middlewares=[request_context, json_errors, authenticate, body_deadline, submit_and_wait],
+        # CORS preflights are answered before authentication (browsers send no
+        # key on them); limits apply inside Prefer: wait, to the submit itself.
+        middlewares=[
+            request_context,
+            cors.preflight,
+            json_errors,
+            authenticate,
+            body_deadline,
+            submit_and_wait,
+            limit_submits,
+        ],
     )
+    cors.setup(app)
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics or Metrics()
     app[keys.REGISTRY] = (
@@ -167,6 +183,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         if configured is not None
         else await app[keys.STORE].shared_secret("job_ids")
     )
+    app[keys.LIMITS] = Limits(clients.dynamodb, settings.store.table, settings.limits)
     app[keys.SUBMITTER] = Submitter(
         settings=settings,
         store=app[keys.STORE],
@@ -175,6 +192,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         rules=app[keys.INPUT_RULES],
         metrics=app[keys.METRICS],
         job_id_secret=app[keys.JOB_ID_SECRET],
+        limits=app[keys.LIMITS],
     )
     yield
     await queue.aclose()
@@ -232,6 +250,7 @@ async def _handlers(app: web.Application) -> AsyncIterator[None]:
             policy=app[keys.ADDRESS_POLICY],
         )
         app[keys.WEBHOOKS] = webhooks
+        reuser = Reuser(settings.reuse, app[keys.STORE], app[keys.AWS].dynamodb)
         app[keys.RUNNER] = JobRunner(
             settings=settings,
             owner=instance_id(settings),
@@ -251,6 +270,8 @@ async def _handlers(app: web.Application) -> AsyncIterator[None]:
             webhooks=webhooks,
             faces=_local_faces(),
             credentials=app[keys.CONTENT_CREDENTIALS],
+            reuser=reuser,
+            ledger=Ledger(limits=app[keys.LIMITS], reuser=reuser, metrics=metrics),
         )
         yield
         await webhooks.close()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from PIL import Image
@@ -22,7 +22,7 @@ from shortdrama_worker.contract import (
 )
 from shortdrama_worker.faces.boxes import FaceDetector
 from shortdrama_worker.gates import GpuSlots
-from shortdrama_worker.inputs import InputFetcher, PixelHold
+from shortdrama_worker.inputs import InputFetcher, PixelHold, RefKind
 from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.provenance import (
     SIGNED_TYPES,
@@ -81,6 +81,24 @@ class RunContext:
         # Decoded inputs stay in memory until the job ends, so their pixels
         # count against the process budget until then (``release``).
         self._pixels = PixelHold(fetcher.budget)
+        self.gpu_seconds = 0.0
+        """Time this job held a GPU slot: priced as ``gpu.seconds`` (``costs``)."""
+        self.reuse_key: str | None = None
+        self.reused: Task | None = None
+        """The earlier job whose result answers this one (``reuse``)."""
+        # Inputs fetched to compute the reuse key, handed to the handler's
+        # first fetch of the same reference so nothing is downloaded twice.
+        self._prefetched: dict[str, FetchedInput] = {}
+
+    async def prefetch(self, ref: str, field: str, kind: RefKind) -> FetchedInput:
+        """Fetch an input now and keep it for the handler's own fetch."""
+        fetched = self._prefetched.get(ref)
+        if fetched is None:
+            started = time.monotonic()
+            fetched = await self._fetcher.fetch(ref, field=field, kind=kind)
+            self.metrics.observe_phase(self.kind, "fetch", time.monotonic() - started)
+            self._prefetched[ref] = fetched
+        return fetched
 
     async def fetch_file(
         self,
@@ -92,7 +110,9 @@ class RunContext:
     ) -> FetchedInput:
         started = time.monotonic()
         slot = self._input_slot()
-        fetched = await self._fetcher.fetch(ref, field=field, kind="file")
+        fetched = self._prefetched.pop(ref, None) or await self._fetcher.fetch(
+            ref, field=field, kind="file"
+        )
         limit = max_bytes or self._fetcher.settings.max_bytes
         if len(fetched.data) > limit:
             raise InputError(field, f"larger than {limit} bytes", code="input_too_large")
@@ -112,7 +132,11 @@ class RunContext:
         started = time.monotonic()
         slot = self._input_slot()
         fetched, image = await self._fetcher.fetch_decoded(
-            ref, field=field, hold=self._pixels, max_side=max_side
+            ref,
+            field=field,
+            hold=self._pixels,
+            max_side=max_side,
+            fetched=self._prefetched.pop(ref, None),
         )
         self.metrics.observe_phase(self.kind, "fetch", time.monotonic() - started)
         self.inputs[slot] = InputRecord(field, fetched.data, sniff_content_type(fetched.data))
@@ -211,4 +235,13 @@ class RunContext:
         self._pixels.release()
 
     def gpu(self) -> AbstractAsyncContextManager[None]:
-        return self._gpu.hold(self.kind)
+        return self._timed_gpu()
+
+    @asynccontextmanager
+    async def _timed_gpu(self) -> AsyncIterator[None]:
+        async with self._gpu.hold(self.kind):
+            started = time.monotonic()
+            try:
+                yield
+            finally:
+                self.gpu_seconds += time.monotonic() - started

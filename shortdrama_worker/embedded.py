@@ -22,6 +22,26 @@ from shortdrama_worker.localstate import StateDir
 log = structlog.get_logger("shortdrama_worker.embedded")
 
 
+def one_write_at_a_time(app: Any) -> Any:
+    """moto's DynamoDB with DynamoDB's atomicity: one request at a time.
+
+    moto applies a conditional write as read, check, write without a lock, so
+    two concurrent writes to one item can both pass their condition; DynamoDB
+    applies them one after the other. Counters and claims rely on that, so
+    DynamoDB requests are serialised here (they take a millisecond or two);
+    S3 and SQS requests, long polls included, are not.
+    """
+    lock = threading.Lock()
+
+    def serve(environ: dict[str, Any], start_response: Any) -> Any:
+        if not environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB"):
+            return app(environ, start_response)
+        with lock:
+            return list(app(environ, start_response))
+
+    return serve
+
+
 class EmbeddedEndpoint:
     """moto's WSGI app behind werkzeug's threaded server, journaled when given a state dir."""
 
@@ -39,7 +59,7 @@ class EmbeddedEndpoint:
             ) from exc
         self.state = state
         self.app: Any = DomainDispatcherApplication(create_backend_app)
-        served = state.middleware(self.app) if state is not None else self.app
+        served = one_write_at_a_time(state.middleware(self.app) if state is not None else self.app)
         self._server = make_server(
             "127.0.0.1", port, served, threaded=True, request_handler=MotoRequestHandler
         )

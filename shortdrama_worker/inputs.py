@@ -327,15 +327,23 @@ class InputFetcher:
         return (await self.fetch_decoded(ref, field=field, hold=hold, max_side=max_side))[1]
 
     async def fetch_decoded(
-        self, ref: str, *, field: str, hold: PixelHold | None = None, max_side: int | None = None
+        self,
+        ref: str,
+        *,
+        field: str,
+        hold: PixelHold | None = None,
+        max_side: int | None = None,
+        fetched: FetchedInput | None = None,
     ) -> tuple[FetchedInput, Image.Image]:
         """The image's bytes as fetched (for provenance) and the image decoded.
 
         The decoded pixels count against the process budget via ``hold``.
         ``max_side``: the largest side the caller will use; JPEG decodes at the
-        smallest scale that still covers it (never smaller).
+        smallest scale that still covers it (never smaller). ``fetched``: the
+        bytes, when they were fetched already (to compute a reuse key).
         """
-        fetched = await self.fetch(ref, field=field)
+        if fetched is None:
+            fetched = await self.fetch(ref, field=field)
         width, height = probe_image(fetched.data, field, self.settings.max_pixels)
         if max_side is not None:
             width, height = draft_size((width, height), max_side)

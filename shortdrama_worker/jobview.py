@@ -94,6 +94,8 @@ def job_view(task: Task, base_url: str) -> dict[str, Any]:
         "error_message": task.error_message,
         "error": error,
         "attempts": task.attempts,
+        "cost": task.cost,
+        "reused_from": task.reused_from,
         "created_at": task.created_at,
         "updated_at": task.updated_at,
         "status_url": f"{base_url}/api/v1/jobs/{task.task_id}",

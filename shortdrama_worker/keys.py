@@ -10,6 +10,7 @@ from shortdrama_worker.consumer import Consumer
 from shortdrama_worker.depth import QueueDepthExporter
 from shortdrama_worker.gates import Gates
 from shortdrama_worker.inputs import InputRules
+from shortdrama_worker.limits import Limits
 from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.netguard import AddressPolicy
 from shortdrama_worker.plugins import AnyHandler, HandlerRegistry, Readiness
@@ -48,6 +49,7 @@ READINESS = web.AppKey("readiness", Readiness)
 RECONCILER = web.AppKey("reconciler", Reconciler)
 DEPTH = web.AppKey("queue_depth", QueueDepthExporter)
 WATCH = web.AppKey("watch", JobWatch)
+LIMITS = web.AppKey("limits", Limits)
 # Jobs restored from the embedded endpoint's state directory wait to be queued again.
 RESTORED = web.AppKey("restored", bool)
 CONTENT_CREDENTIALS = web.AppKey[ContentCredentials | None]("content_credentials")

@@ -37,6 +37,7 @@ WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800, 360
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 OUTCOMES = tuple(outcome.value for outcome in Outcome)
+LIMIT_NAMES = ("rate", "concurrency", "jobs_per_day", "cost_per_day")
 
 
 class Metrics:
@@ -204,6 +205,31 @@ class Metrics:
             ["server"],
             registry=r,
         )
+        # Serving clients: refusals by limit, estimated cost and reuse by kind (never by key).
+        self.submits_refused = Counter(
+            "shortdrama_submits_refused_total",
+            "Submits answered 429, by the limit that refused them.",
+            ["limit"],
+            registry=r,
+        )
+        self.job_cost = Counter(
+            "shortdrama_job_cost_total",
+            "Estimated cost of completed jobs, in the configured currency (costs.currency).",
+            ["kind"],
+            registry=r,
+        )
+        self.jobs_reused = Counter(
+            "shortdrama_jobs_reused_total",
+            "Jobs answered from an earlier identical job's result instead of running.",
+            ["kind"],
+            registry=r,
+        )
+        self.cost_saved = Counter(
+            "shortdrama_job_cost_saved_total",
+            "Estimated cost the reused jobs did not spend (the source job's cost).",
+            ["kind"],
+            registry=r,
+        )
         self.http_requests = Histogram(
             "shortdrama_http_request_duration_seconds",
             "Job API requests by route and status class.",
@@ -221,9 +247,14 @@ class Metrics:
         for kind in kinds:
             self.jobs_submitted.labels(kind)
             self.retries.labels(kind)
+            self.job_cost.labels(kind)
+            self.jobs_reused.labels(kind)
+            self.cost_saved.labels(kind)
             self.in_flight.labels(kind)
             for outcome in OUTCOMES:
                 self.jobs_finished.labels(kind, outcome)
+        for limit in LIMIT_NAMES:
+            self.submits_refused.labels(limit)
 
     # The ``PluginMetrics`` protocol of the contract: what a handler may record.
 

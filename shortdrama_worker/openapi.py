@@ -145,6 +145,10 @@ def build_openapi(registry: HandlerRegistry) -> dict[str, Any]:
                 "413": _err("Body too large"),
                 "415": _err("Content-Type is not application/json"),
                 "422": _err("Invalid input; one entry per field"),
+                "429": _err(
+                    "A per-key limit (rate, concurrency, jobs or spend per day) refused the "
+                    "job; Retry-After says when to try again, error.limit which limit"
+                ),
                 "503": _err("Task store or queue unreachable; nothing was written"),
             },
         }

@@ -24,10 +24,12 @@ from pydantic import ValidationError
 
 from shortdrama_worker.context import RunContext
 from shortdrama_worker.contract.errors import JobError, PermanentJobError, TransientJobError
+from shortdrama_worker.costs import estimate, reused_cost, usage_of
 from shortdrama_worker.faces.boxes import FaceDetector
 from shortdrama_worker.gates import Gates
 from shortdrama_worker.inputs import InputFetcher
 from shortdrama_worker.jobview import files_of, freeze_result
+from shortdrama_worker.ledger import Ledger
 from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.outcomes import (
     Attempt,
@@ -42,6 +44,7 @@ from shortdrama_worker.plugins import AnyHandler, HandlerRegistry
 from shortdrama_worker.provenance import ContentCredentials
 from shortdrama_worker.queue import JobMessage, JobQueue, MalformedMessage, QueueError
 from shortdrama_worker.results import ResultStore
+from shortdrama_worker.reuse import Reuser
 from shortdrama_worker.settings import Settings
 from shortdrama_worker.settle import Completion, Settler
 from shortdrama_worker.store import StaleTransition, StoreError, Task, TaskStore
@@ -89,6 +92,8 @@ class JobRunner:
         webhooks: WebhookSender,
         faces: FaceDetector | None = None,
         credentials: ContentCredentials | None = None,
+        reuser: Reuser | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.settings = settings
         self.owner = owner
@@ -102,8 +107,14 @@ class JobRunner:
         self.metrics = metrics
         self.gates = gates
         self.webhooks = webhooks
+        self.reuser = reuser
         self.settler = Settler(
-            owner=owner, store=store, queue=queue, webhooks=webhooks, metrics=metrics
+            owner=owner,
+            store=store,
+            queue=queue,
+            webhooks=webhooks,
+            metrics=metrics,
+            ledger=ledger,
         )
         self.credentials = credentials
         self.running: dict[str, RunningJob] = {}
@@ -262,16 +273,30 @@ class JobRunner:
             return self.backoff_s(attempts, attempt.error.retry_after)
         return 0.0
 
-    @staticmethod
-    def _completion(attempt: Attempt, ctx: RunContext) -> Completion | None:
+    def _completion(self, attempt: Attempt, ctx: RunContext) -> Completion | None:
         if not isinstance(attempt, Succeeded):
             return None
+        currency = self.settings.costs.currency
+        if ctx.reused is not None:
+            source = ctx.reused
+            return Completion(
+                attempt.result,
+                source.result_key,
+                cost=reused_cost(source.cost, currency),
+                reused_from=source.task_id,
+            )
         result = attempt.result
         primary = ctx.primary
         if primary is not None:
             result = {**result, "files": files_of(ctx.stored)}
+        cost = estimate(usage_of(result, ctx.gpu_seconds), self.settings.costs)
         # Keys, not URLs, are stored: URLs are rendered when the job is read.
-        return Completion(freeze_result(result), primary.key if primary else None)
+        return Completion(
+            freeze_result(result),
+            primary.key if primary else None,
+            cost=cost,
+            reuse_key=ctx.reuse_key,
+        )
 
     def _context(self, task: Task, handler: AnyHandler) -> RunContext:
         return RunContext(
@@ -302,11 +327,27 @@ class JobRunner:
         async with self.gates.kind_cap(task.job_type):
             try:
                 async with asyncio.timeout(timeout_s):
-                    return await handler.run(params, ctx)
+                    reused = await self._reuse(task, handler, params, ctx)
+                    return reused if reused is not None else await handler.run(params, ctx)
             except TimeoutError:
                 raise PermanentJobError(
                     f"timed out after {timeout_s:g} s", code="timeout"
                 ) from None
+
+    async def _reuse(
+        self, task: Task, handler: AnyHandler, params: Any, ctx: RunContext
+    ) -> dict[str, Any] | None:
+        """An earlier identical job's result (kept on ``ctx.reused``), if this job may reuse one."""
+        if self.reuser is None or not self.reuser.wanted(task, handler):
+            return None
+        spec = self.registry.by_kind[task.job_type]
+        ctx.reuse_key = await self.reuser.key_for(task, spec, handler, params, ctx.prefetch)
+        source = await self.reuser.find(task, ctx.reuse_key)
+        if source is None or source.result is None:
+            return None
+        ctx.reused = source
+        ctx.log.info("result_reused", source_job_id=source.task_id)
+        return source.result
 
     async def _heartbeat(self, job: RunningJob, message: JobMessage) -> None:
         """Keep the message invisible and the lease alive; watch for a cancel request."""

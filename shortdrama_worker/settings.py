@@ -29,6 +29,13 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from shortdrama_worker.edge_settings import (
+    CorsSettings,
+    CostSettings,
+    LimitsSettings,
+    ReuseSettings,
+)
+
 Resource = Literal["gpu", "cpu"]
 RESOURCES: tuple[Resource, ...] = ("gpu", "cpu")
 
@@ -324,6 +331,10 @@ class Settings(BaseSettings):
     log: LogSettings = Field(default_factory=LogSettings)
     provenance: ProvenanceSettings = Field(default_factory=ProvenanceSettings)
     local: LocalSettings = Field(default_factory=LocalSettings)
+    cors: CorsSettings = Field(default_factory=CorsSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    costs: CostSettings = Field(default_factory=CostSettings)
+    reuse: ReuseSettings = Field(default_factory=ReuseSettings)
 
     @model_validator(mode="after")
     def _check_timing(self) -> Settings:

@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 
+from shortdrama_worker.ledger import Ledger
 from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.outcomes import Decision, Disposition, Outcome, Write
 from shortdrama_worker.queue import JobMessage, JobQueue, QueueError
@@ -32,6 +33,9 @@ class Completion:
 
     result: dict[str, Any]
     result_key: str | None
+    cost: dict[str, Any] | None = None
+    reuse_key: str | None = None
+    reused_from: str | None = None
 
 
 class Settler:
@@ -45,12 +49,14 @@ class Settler:
         queue: JobQueue,
         webhooks: WebhookSender,
         metrics: Metrics,
+        ledger: Ledger | None = None,
     ) -> None:
         self.owner = owner
         self.store = store
         self.queue = queue
         self.webhooks = webhooks
         self.metrics = metrics
+        self.ledger = ledger
 
     async def apply(
         self,
@@ -83,7 +89,11 @@ class Settler:
         try:
             written = await self._store_write(decision, task, completion)
         except StaleTransition as stale:
-            return self._stale(decision, task, stale.task, completion)
+            held = self._stale(decision, task, stale.task, completion)
+            if held is decision and stale.task is not None:
+                # Our completion had landed; its bookkeeping is still ours to do.
+                await self._settled(stale.task)
+            return held
         except (StoreError, QueueError) as exc:
             if decision.write is not Write.RELEASE:
                 raise
@@ -95,6 +105,7 @@ class Settler:
             return decision
         if written.terminal:
             self.webhooks.schedule(written)
+            await self._settled(written)
         elif written.cancel_requested and decision.write in (Write.RETRY_LATER, Write.RELEASE):
             # Cancelled while this run was failing or being handed back: no retry.
             return await self._write(_SETTLE_CANCEL, written, None)
@@ -119,6 +130,9 @@ class Settler:
                     result=completion.result,
                     result_url=None,
                     result_key=completion.result_key,
+                    cost=completion.cost,
+                    reuse_key=completion.reuse_key,
+                    reused_from=completion.reused_from,
                 )
             case Write.FAIL:
                 return await store.fail(tid, owner, code=code, message=text)
@@ -132,6 +146,10 @@ class Settler:
                 return await store.settle_cancel(tid)
             case Write.FAIL_ABANDONED:
                 return await store.fail_abandoned(tid, code=code, message=text)
+
+    async def _settled(self, task: Task) -> None:
+        if self.ledger is not None:
+            await self.ledger.settled(task)
 
     def _stale(
         self,

@@ -68,6 +68,13 @@ class Task:
     started_at: float | None = None
     finished_at: float | None = None
     expires_at: int | None = None
+    cost: dict[str, Any] | None = None
+    """The estimated cost of the completed job (``costs.estimate``)."""
+    reuse: bool | None = None
+    """The client's ``"reuse"`` choice; ``None``: the kind's default."""
+    reuse_key: str | None = None
+    reused_from: str | None = None
+    """The job whose result answered this one, when it was reused."""
 
     @property
     def terminal(self) -> bool:
@@ -77,7 +84,7 @@ class Task:
         return self.status == "processing" and (self.lease_until or 0) > now
 
 
-_JSON_FIELDS = {"input", "result", "webhook_deliveries"}
+_JSON_FIELDS = {"input", "result", "webhook_deliveries", "cost"}
 _INT_FIELDS = {"attempts", "expires_at"}
 
 
@@ -155,7 +162,8 @@ class TaskStore:
             ConsistentRead=True,
         )
         item = reply.get("Item")
-        # Only task records: the table also keeps the service's own secrets.
+        # Only task records: the table also keeps the service's own secrets, and
+        # counter and pointer items (``limits``, ``reuse``), which are no jobs.
         return _unmarshal(item) if item and "job_type" in item else None
 
     async def shared_secret(self, name: str) -> bytes:
@@ -257,6 +265,9 @@ class TaskStore:
         result: dict[str, Any],
         result_url: str | None,
         result_key: str | None,
+        cost: dict[str, Any] | None = None,
+        reuse_key: str | None = None,
+        reused_from: str | None = None,
     ) -> Task:
         now = time.time()
         values: dict[str, Any] = {
@@ -266,6 +277,12 @@ class TaskStore:
             "updated_at": now,
             "finished_at": now,
         }
+        if cost is not None:
+            values["cost"] = json.dumps(cost, separators=(",", ":"))
+        if reuse_key is not None:
+            values["reuse_key"] = reuse_key
+        if reused_from is not None:
+            values["reused_from"] = reused_from
         if result_url is not None:
             values["result_url"] = result_url
         if result_key is not None:

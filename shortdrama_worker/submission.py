@@ -47,11 +47,13 @@ from shortdrama_worker.inputs import (
     ref_scheme,
     reference_problem,
 )
+from shortdrama_worker.limits import Admission, LimitExceeded, Limits
 from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.netguard import AddressPolicy, UrlRefused, web_target
 from shortdrama_worker.plugins import HandlerSpec
 from shortdrama_worker.queue import JobQueue, QueueError
 from shortdrama_worker.results import ResultStore, ResultStoreError
+from shortdrama_worker.reuse import reuse_flag
 from shortdrama_worker.settings import ApiKeySettings, Settings
 from shortdrama_worker.store import StaleTransition, StoreError, Task, TaskStore
 
@@ -64,13 +66,24 @@ class SubmitError(Exception):
     """A submit refused; ``status``/``code`` for the response, ``fields`` for a 422."""
 
     def __init__(
-        self, status: int, code: str, message: str, fields: list[dict[str, Any]] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        fields: list[dict[str, Any]] | None = None,
+        *,
+        retry_after_s: int | None = None,
+        **extra: Any,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.fields = fields
+        self.retry_after_s = retry_after_s
+        """For a ``429``: when a retry may succeed (``Retry-After``)."""
+        self.extra = extra
+        """More members of the error body (``limit`` for a ``429``)."""
 
     @classmethod
     def invalid(cls, field: str, message: str, kind: str = "value_error") -> SubmitError:
@@ -113,6 +126,7 @@ class Submitter:
         rules: InputRules,
         metrics: Metrics,
         job_id_secret: bytes,
+        limits: Limits,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -121,15 +135,58 @@ class Submitter:
         self.rules = rules
         self.metrics = metrics
         self.job_id_secret = job_id_secret
+        self.limits = limits
 
     async def submit(self, request: Request) -> Accepted:
         body = dict(request.body)
+        # About delivery and answering, not the handler's input.
         callback_url = self._callback(body.pop("callback_url", None))
+        try:
+            reuse = reuse_flag(body)
+        except ValueError as exc:
+            raise SubmitError.invalid("reuse", str(exc), "bool_type") from None
         params = validate_input(request.spec, _payload(body))
-        data = params.model_dump(mode="json")
-        body_hash = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
         task_id = self._job_id(request)
         inline = await self._check_references(params, request.key)
+        admission = await self._admit(request, task_id)
+        accepted: Accepted | None = None
+        try:
+            accepted = await self._queue_job(request, task_id, params, inline, callback_url, reuse)
+            return accepted
+        finally:
+            if admission is not None and (accepted is None or accepted.replayed):
+                # This submit made no job: what it took goes back.
+                await self.limits.refund(admission)
+
+    async def _admit(self, request: Request, task_id: str) -> Admission | None:
+        """Take the key's concurrency slot and daily quota for the job; a ``429`` if spent."""
+        try:
+            return await self.limits.admit(request.owner, task_id)
+        except LimitExceeded as refusal:
+            # A retry of an accepted job (same Idempotency-Key) is answered, not refused.
+            if request.idempotency_key is not None and await self._exists(task_id):
+                return None
+            raise too_many(refusal, self.metrics) from None
+        except StoreError as exc:
+            raise SubmitError(503, "store_unavailable", f"task store unreachable: {exc}") from None
+
+    async def _exists(self, task_id: str) -> bool:
+        try:
+            return await self.store.get(task_id) is not None
+        except StoreError:
+            return False
+
+    async def _queue_job(
+        self,
+        request: Request,
+        task_id: str,
+        params: BaseModel,
+        inline: dict[Path, FetchedInput],
+        callback_url: str | None,
+        reuse: bool | None,
+    ) -> Accepted:
+        data = params.model_dump(mode="json")
+        body_hash = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
         staged: list[str] = []
         try:
             data = await self._stage(task_id, data, inline, staged)
@@ -151,6 +208,7 @@ class Submitter:
             request_hash=body_hash,
             submitted_by=request.owner,
             callback_url=callback_url,
+            reuse=reuse,
         )
         accepted = await self._create(task, staged)
         if accepted.task.status == "pending":
@@ -304,6 +362,19 @@ class Submitter:
             await self.results.delete(staged)
         except ResultStoreError as exc:
             log.warning("staged_inputs_not_removed", error=str(exc), count=len(staged))
+
+
+def too_many(refusal: LimitExceeded, metrics: Metrics) -> SubmitError:
+    """The ``429`` for a spent limit; counted by limit, never by key."""
+    metrics.submits_refused.labels(refusal.limit).inc()
+    log.info("submit_refused", limit=refusal.limit, retry_after_s=refusal.retry_after_s)
+    return SubmitError(
+        429,
+        "limit_exceeded",
+        refusal.message,
+        retry_after_s=refusal.retry_after_s,
+        limit=refusal.limit,
+    )
 
 
 def validate_input(spec: HandlerSpec, payload: Any) -> BaseModel:

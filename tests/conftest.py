@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from moto.server import ThreadedMotoServer
 
 from shortdrama_worker.app import create_app
 from shortdrama_worker.aws import AwsClients, open_clients
+from shortdrama_worker.embedded import EmbeddedEndpoint
 from shortdrama_worker.plugins import HandlerRegistry
 from shortdrama_worker.provenance.certs import DevCertificate, make_dev_certificate
 from shortdrama_worker.settings import Settings, load_settings
@@ -22,12 +22,15 @@ from shortdrama_worker.settings import Settings, load_settings
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    """moto in server mode: every AWS call in the tests crosses real HTTP."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    """moto in server mode: every AWS call in the tests crosses real HTTP.
+
+    The same endpoint the local profile embeds, whose DynamoDB applies
+    concurrent conditional writes one at a time, as DynamoDB does.
+    """
+    endpoint = EmbeddedEndpoint(0, None)
+    endpoint.start()
+    yield endpoint.url
+    endpoint.stop()
 
 
 @pytest.fixture(scope="session")

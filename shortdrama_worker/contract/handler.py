@@ -82,6 +82,10 @@ class Handler(Generic[InputT, SettingsT]):
     their signed Content Credentials (C2PA). ``None`` claims no model: an edit of
     the first input image, or ``algorithmicMedia`` when there is none. A handler
     whose model draws pixels declares that here, with its source type."""
+    deterministic: ClassVar[bool] = False
+    """True when the same input (by content) and settings always give the same
+    result, so the host may answer a repeated request with an earlier result
+    instead of running again. Clients may ask for that on any kind."""
 
     def __init__(self, env: HandlerEnv[SettingsT]) -> None:
         self.env = env

@@ -52,7 +52,8 @@ class DetectorSettings(BaseModel):
 class Detection:
     faces: list[FaceBox]
     info: dict[str, Any]
-    usage: dict[str, int] | None = None
+    usage: dict[str, Any] | None = None
+    """Provider units used, and the ``model`` that used them (for costs)."""
 
 
 class Detectors:
@@ -113,6 +114,10 @@ class Detectors:
                 "endpoint": self.dashscope.settings.base_url,
                 "truncated_answer": grounding.truncated,
             }
-            return Detection(faces=grounding.faces, info=info, usage=grounding.usage)
+            return Detection(
+                faces=grounding.faces,
+                info=info,
+                usage={**grounding.usage, "model": grounding.model},
+            )
         faces = await self.local.detect(image)
         return Detection(faces=faces, info={"name": self.local.name, "provider": "local"})

@@ -65,6 +65,9 @@ class FaceMaskHandler(Handler[FaceMaskInput, FaceMaskSettings]):
     input_model = FaceMaskInput
     settings_model = FaceMaskSettings
     timeout_s = 120.0
+    # The same frame and settings give the same mask: a repeat is answered
+    # from the earlier result (see ``reuse``).
+    deterministic = True
     description = "Black out one face (ellipse over the face, not the hair); PNG of the same size."
     # Drawn, not generated: the detector finds the face, no model makes pixels.
     provenance = Provenance(

@@ -289,7 +289,7 @@ class FaceSwapHandler(Handler[FaceSwapInput, FaceSwapSettings]):
             "size": swap.size,
             "watermark": watermark,
             "consent": {"target_face": p.target_face_consent.model_dump()},
-            "usage": {"ark": swap.image.usage},
+            "usage": {"ark": {**swap.image.usage, "model": swap.image.model}},
             "provenance": {
                 **self.swapper.provenance(swap),
                 "inputs": {

@@ -134,7 +134,7 @@ class FullFaceSwapHandler(Handler[FullFaceSwapInput, FullFaceSwapSettings]):
         await ctx.progress(15, "detecting")
         detection = await self.detectors.detect(detector, source, ctx, field="source_image")
         faces, detector_info = detection.faces, detection.info
-        usage: dict[str, dict[str, int]] = {}
+        usage: dict[str, dict[str, Any]] = {}
         if detection.usage is not None:
             usage["dashscope"] = detection.usage
         face = select_face(faces, p.face_index)
@@ -162,7 +162,7 @@ class FullFaceSwapHandler(Handler[FullFaceSwapInput, FullFaceSwapSettings]):
             watermark=watermark,
             log=ctx.log,
         )
-        usage["ark"] = swap.image.usage
+        usage["ark"] = {**swap.image.usage, "model": swap.image.model}
 
         await ctx.progress(90, "storing")
         stored = await ctx.store_result(
