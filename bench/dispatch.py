@@ -25,6 +25,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -142,6 +143,8 @@ def bench_settings(endpoint: str, *, in_flight: int = 4) -> Settings:
         store={"table": f"t{suffix}"},
         results={"bucket": f"b{suffix}"},
         local={"provision": True},
+        # Image results are signed as on the embedded default (development certificate).
+        provenance={"dev_certificate": True, "dev_certificate_dir": _cert_dir()},
         consumer={
             "consume": ["cpu"],
             "progress_min_interval_s": 1.0,
@@ -486,3 +489,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _cert_dir() -> str:
+    return str(Path(tempfile.gettempdir()) / "shortdrama-bench-dev-certificate")

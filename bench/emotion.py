@@ -24,6 +24,7 @@ import logging
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -135,6 +136,8 @@ async def jobs_per_second(endpoint: str, jobs: int, wav: bytes) -> None:
         results={"bucket": f"r-{suffix}"},
         api={"port": 0},
         local={"provision": True},
+        # Image results are signed as on the embedded default (development certificate).
+        provenance={"dev_certificate": True, "dev_certificate_dir": _cert_dir()},
         handlers={"allow": ["emotion_analysis", "emotion_state"]},
     )
     jpeg = io.BytesIO()
@@ -199,3 +202,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _cert_dir() -> str:
+    return str(Path(tempfile.gettempdir()) / "shortdrama-bench-dev-certificate")

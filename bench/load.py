@@ -22,6 +22,7 @@ import os
 import platform
 import socket
 import sys
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -251,6 +252,8 @@ def load_settings_for(endpoint: str, in_flight: int) -> Settings:
         store={"table": f"t{suffix}"},
         results={"bucket": f"b{suffix}"},
         local={"provision": True},
+        # Image results are signed as on the embedded default (development certificate).
+        provenance={"dev_certificate": True, "dev_certificate_dir": _cert_dir()},
         consumer={"consume": ["cpu"], "max_in_flight": {"cpu": in_flight}},
         log={"level": "WARNING"},
     )
@@ -300,3 +303,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _cert_dir() -> str:
+    return str(Path(tempfile.gettempdir()) / "shortdrama-bench-dev-certificate")
