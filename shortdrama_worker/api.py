@@ -241,11 +241,16 @@ async def ready(request: web.Request) -> web.Response:
         for resource in consumer.resources:
             if not app[keys.READINESS].ready(resource):
                 reasons.append(f"no {resource} handler can run now")
-    # A served kind that cannot run (its jobs are held) makes the instance
+    # A consumed kind that cannot run (its jobs are held) makes the instance
     # not ready too, with the reason: e.g. the model files its ComfyUI lacks.
-    for kind, handler in app[keys.HANDLERS].items():
-        if not handler.ready() and (why := _explain(handler)):
-            reasons.append(f"{kind}: " + "; ".join(why.values()))
+    # An API-only instance (no consumer) runs nothing, so only /health says so.
+    consumed = set(consumer.resources) if consumer is not None else set()
+    for spec in app[keys.REGISTRY]:
+        handler = app[keys.HANDLERS].get(spec.kind)
+        if spec.resource not in consumed or handler is None or handler.ready():
+            continue
+        if why := _explain(handler):
+            reasons.append(f"{spec.kind}: " + "; ".join(why.values()))
     if reasons:
         return web.json_response({"ready": False, "reasons": reasons}, status=503)
     return web.json_response({"ready": True})
