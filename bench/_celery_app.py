@@ -19,6 +19,10 @@ QUEUE = os.environ.get("BENCH_CELERY_QUEUE", "celery-bench")
 QUEUE_URL = os.environ.get("BENCH_CELERY_QUEUE_URL", f"{ENDPOINT}/123456789012/{QUEUE}")
 TABLE = os.environ.get("BENCH_CELERY_TABLE", "celery-bench-results")
 POOL = int(os.environ.get("BENCH_CELERY_POOL_LIMIT", "16"))
+# "equal": the guarantees ours gives (a task is acknowledged only after it ran,
+# a worker lost mid-task hands it back, the record says "started"); anything
+# else: Celery's defaults (acknowledged before it runs: a crash loses it).
+GUARANTEES = os.environ.get("BENCH_CELERY_GUARANTEES", "default")
 
 _host = urlsplit(ENDPOINT)
 
@@ -43,6 +47,12 @@ app.conf.update(
     task_default_queue=QUEUE,
     worker_hijack_root_logger=True,
 )
+if GUARANTEES == "equal":
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_track_started=True,
+    )
 
 
 @app.task(name="bench.noop")

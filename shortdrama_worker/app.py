@@ -130,10 +130,13 @@ async def _aws_endpoint(app: web.Application) -> AsyncIterator[None]:
     app[keys.RESTORED] = False
     if settings.local.embedded_aws:
         async with embedded_aws(
-            settings.local.embedded_aws_port, settings.local.state_dir, settings.aws.region
+            settings.local.embedded_aws_port,
+            settings.local.state_dir,
+            settings.aws.region,
+            settings.log,
         ) as endpoint:
             app[keys.ENDPOINT_URL] = endpoint.url
-            app[keys.RESTORED] = bool(endpoint.state and endpoint.state.restored_entries)
+            app[keys.RESTORED] = bool(endpoint.restored_entries)
             yield
     else:
         app[keys.ENDPOINT_URL] = settings.aws.endpoint_url or ""

@@ -1,7 +1,8 @@
 """Waiting for a job to change without holding anything a job needs.
 
 Writes made by this process (progress, status changes, cancels) wake waiters
-at once through the store's listeners; changes made by other instances are
+at once through the store's listeners, and hand them the record as written,
+so a waiter here does not read it back; changes made by other instances are
 seen by reading the record again, with a backoff. No consumer slot, queue
 message or lease is involved.
 """
@@ -19,36 +20,51 @@ _FIRST_POLL_S = 0.25
 _MAX_POLL_S = 2.0
 
 
+class _Waiter:
+    """One wait: woken by a write here (with the record written) or on shutdown."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.written: Task | None = None
+
+    def take(self) -> Task | None:
+        written, self.written = self.written, None
+        return written
+
+
 class JobWatch:
     """Wakes waiters when this process writes a record, and on shutdown."""
 
     def __init__(self, store: TaskStore) -> None:
         self.store = store
-        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._waiters: dict[str, set[_Waiter]] = {}
         self.closing = asyncio.Event()
         store.listeners.append(self.notify)
 
     def notify(self, task: Task) -> None:
-        for event in self._waiters.get(task.task_id, ()):
-            event.set()
+        for waiter in self._waiters.get(task.task_id, ()):
+            # Two writes in flight may answer out of order: keep the later one.
+            if _later(task, waiter.written):
+                waiter.written = task
+            waiter.event.set()
 
     def close(self) -> None:
         """End every wait and stream now (the server is shutting down)."""
         self.closing.set()
-        for events in self._waiters.values():
-            for event in events:
-                event.set()
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                waiter.event.set()
 
     @contextlib.contextmanager
-    def _watching(self, task_id: str) -> Iterator[asyncio.Event]:
-        event = asyncio.Event()
-        self._waiters.setdefault(task_id, set()).add(event)
+    def _watching(self, task_id: str) -> Iterator[_Waiter]:
+        waiter = _Waiter()
+        self._waiters.setdefault(task_id, set()).add(waiter)
         try:
-            yield event
+            yield waiter
         finally:
             waiters = self._waiters.get(task_id)
             if waiters is not None:
-                waiters.discard(event)
+                waiters.discard(waiter)
                 if not waiters:
                     del self._waiters[task_id]
 
@@ -70,10 +86,16 @@ class JobWatch:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         delay = _FIRST_POLL_S
         last: tuple[object, ...] | None = None
-        with self._watching(task_id) as event:
+        task: Task | None = None
+        with self._watching(task_id) as waiter:
             while True:
-                event.clear()  # before the read, so a write during it is not missed
-                task = await self.store.get(task_id)
+                waiter.event.clear()  # before the read, so a write during it is not missed
+                written = waiter.take()
+                if written is None:
+                    # First look, or woken by time: another instance may have written.
+                    task = await self.store.get(task_id)
+                elif _later(written, task):
+                    task = written
                 state = _state(task)
                 if state != last:
                     last = state
@@ -87,9 +109,21 @@ class JobWatch:
                     if wait <= 0:
                         return
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), wait)
+                    await asyncio.wait_for(waiter.event.wait(), wait)
                 delay = min(delay * 2, _MAX_POLL_S)
 
 
 def _state(task: Task | None) -> tuple[object, ...] | None:
     return None if task is None else (task.status, task.progress, task.stage, task.updated_at)
+
+
+def _later(task: Task, than: Task | None) -> bool:
+    """Whether ``task`` is a newer state of the record than ``than``.
+
+    A finished job never changes again, so nothing replaces a terminal record.
+    """
+    if than is None:
+        return True
+    if than.terminal:
+        return False
+    return task.terminal or task.updated_at >= than.updated_at

@@ -1,5 +1,8 @@
 """Shared fixtures: one moto server (real HTTP) per session, a fresh set of AWS
 resources per test, and running applications built by ``create_app``.
+
+Under pytest-xdist (``make test`` runs ``-n``) each worker is its own session,
+so each has its own moto server; resource names are unique per test anyway.
 """
 
 from __future__ import annotations
@@ -18,6 +21,16 @@ from shortdrama_worker.embedded import EmbeddedEndpoint
 from shortdrama_worker.plugins import HandlerRegistry
 from shortdrama_worker.provenance.certs import DevCertificate, make_dev_certificate
 from shortdrama_worker.settings import Settings, load_settings
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` (daemons in subprocesses, a real Prometheus, a
+    browser, the fuzzer, the load run) go to one xdist worker, one after
+    another: each is CPU-hungry, and two at once on a small machine would
+    stretch each other's deadlines, not just the wall clock."""
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(pytest.mark.xdist_group("slow"))
 
 
 @pytest.fixture(scope="session")

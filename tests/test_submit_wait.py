@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import pytest
-from support import ScriptedHandler, submit, wait_for
+from support import ScriptedHandler, eventually, submit, wait_for
 
 from shortdrama_worker import keys
 from shortdrama_worker.plugins import HandlerRegistry
@@ -70,6 +70,33 @@ async def test_status_waits_for_the_end_and_other_instances_finishes_are_seen(
     assert resp.headers["Preference-Applied"] == "wait=8"
 
 
+async def test_a_wait_on_a_job_run_here_reads_its_record_once(
+    make_settings: Any, start_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writes of the instance that runs the job hand the waiter the record
+    # as written (claim, progress, completion): reading it back after each
+    # would only load the store. (No timed re-read within this test: those
+    # are for changes made by other instances.)
+    monkeypatch.setattr("shortdrama_worker.watch._FIRST_POLL_S", 30.0)
+    app, api = await start_app(make_settings(api={"max_wait_s": 10}), registry())
+    store = app[keys.STORE]
+    reads: list[str] = []
+    get = store.get
+
+    async def counting_get(task_id: str) -> Any:
+        reads.append(task_id)
+        return await get(task_id)
+
+    store.get = counting_get  # type: ignore[method-assign]
+    resp = await api.post(
+        "/api/v1/scripted/jobs", json={"sleep_s": 0.1}, headers={"Prefer": "wait=10"}
+    )
+    assert resp.status == 200, await resp.text()
+    job = await resp.json()
+    assert job["status"] == "completed"
+    assert reads.count(job["job_id"]) == 1
+
+
 async def test_waiting_holds_no_consumer_slot(make_settings: Any, start_app: Any) -> None:
     settings = make_settings(
         consumer={"max_in_flight": {"gpu": 1, "cpu": 1}, "prefetch": {"gpu": 0, "cpu": 0}}
@@ -82,7 +109,9 @@ async def test_waiting_holds_no_consumer_slot(make_settings: Any, start_app: Any
     ]
     answers = await asyncio.gather(*waits)
     assert [r.status for r in answers] == [200, 200, 200]
-    assert app[keys.CONSUMER].in_flight == 0
+    # The answer leaves as soon as the completion is written; the slot is
+    # freed just after, once the message is deleted.
+    await eventually(lambda: app[keys.CONSUMER].in_flight == 0, timeout=5, what="slot freed")
 
 
 async def read_events(resp: Any) -> list[dict[str, Any]]:
