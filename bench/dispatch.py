@@ -41,7 +41,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from shortdrama_worker import keys
 from shortdrama_worker.app import create_app
-from shortdrama_worker.aws import open_clients
+from shortdrama_worker.aws.clients import open_clients
 from shortdrama_worker.contract import (
     CONTRACT_VERSION,
     Handler,

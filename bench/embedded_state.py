@@ -17,8 +17,8 @@ from pathlib import Path
 
 import boto3
 
-from shortdrama_worker.embedded import EmbeddedEndpoint
-from shortdrama_worker.localstate import StateDir
+from shortdrama_worker.aws.embedded import EmbeddedEndpoint
+from shortdrama_worker.aws.localstate import StateDir
 
 JOBS = 1000
 FILE_BYTES = 64 * 1024

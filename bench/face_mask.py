@@ -35,7 +35,7 @@ from PIL import Image
 from shortdrama_worker.faces.local import LocalFaceDetector
 from shortdrama_worker.faces.mask import draw_face_mask
 from shortdrama_worker.handlers.face_mask import select_face
-from shortdrama_worker.inputs import decode_image
+from shortdrama_worker.inputs.fetch import decode_image
 from shortdrama_worker.png import encode_png
 from shortdrama_worker.settings import InputSettings
 

@@ -51,11 +51,11 @@ async def child(data: bytes, budget_pixels: int) -> dict[str, Any]:
     import aiohttp
     from aiohttp import web
 
-    from shortdrama_worker.faces.boxes import FaceBox
+    from shortdrama_worker.contract import FaceBox
     from shortdrama_worker.faces.local import LocalFaceDetector
     from shortdrama_worker.faces.mask import draw_face_mask
-    from shortdrama_worker.inputs import InputFetcher, InputRules, PixelBudget, PixelHold
-    from shortdrama_worker.netguard import AddressPolicy, guarded_session
+    from shortdrama_worker.inputs.fetch import InputFetcher, InputRules, PixelBudget, PixelHold
+    from shortdrama_worker.inputs.netguard import AddressPolicy, guarded_session
     from shortdrama_worker.png import encode_png
     from shortdrama_worker.settings import InputSettings, ResultSettings
 

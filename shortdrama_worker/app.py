@@ -20,41 +20,42 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from shortdrama_worker import api, keys
-from shortdrama_worker.auth import authenticate
-from shortdrama_worker.aws import open_clients
-from shortdrama_worker.consumer import Consumer
+from shortdrama_worker import keys
+from shortdrama_worker.aws.clients import open_clients
+from shortdrama_worker.aws.embedded import embedded_aws
+from shortdrama_worker.aws.provision import provision
+from shortdrama_worker.aws.queue import JobQueue
+from shortdrama_worker.aws.results import ResultStore
+from shortdrama_worker.aws.store import TaskStore
 from shortdrama_worker.contract import HandlerEnv
-from shortdrama_worker.depth import QueueDepthExporter
-from shortdrama_worker.embedded import embedded_aws
 from shortdrama_worker.faces.boxes import FaceDetector
 from shortdrama_worker.faces.local import LocalFaceDetector
-from shortdrama_worker.gates import Gates
-from shortdrama_worker.inputs import InputFetcher, InputRules, PixelBudget
-from shortdrama_worker.jobview import render_job
-from shortdrama_worker.ledger import Ledger
-from shortdrama_worker.limits import Limits
+from shortdrama_worker.inputs.fetch import InputFetcher, InputRules, PixelBudget
+from shortdrama_worker.inputs.netguard import AddressPolicy, guarded_session
+from shortdrama_worker.jobs.consumer import Consumer
+from shortdrama_worker.jobs.depth import QueueDepthExporter
+from shortdrama_worker.jobs.gates import Gates
+from shortdrama_worker.jobs.ledger import Ledger
+from shortdrama_worker.jobs.limits import Limits
+from shortdrama_worker.jobs.outcomes import Outcome
+from shortdrama_worker.jobs.reconcile import Reconciler
+from shortdrama_worker.jobs.reuse import Reuser
+from shortdrama_worker.jobs.runner import JobRunner
+from shortdrama_worker.jobs.submission import Submitter
+from shortdrama_worker.jobs.view import render_job
+from shortdrama_worker.jobs.watch import JobWatch
+from shortdrama_worker.jobs.webhooks import WebhookSender
 from shortdrama_worker.metrics import Metrics
-from shortdrama_worker.middleware import body_deadline, json_errors, request_context
-from shortdrama_worker.netguard import AddressPolicy, guarded_session
 from shortdrama_worker.plugins import AnyHandler, HandlerRegistry, PluginError, Readiness
 from shortdrama_worker.provenance.startup import open_content_credentials
-from shortdrama_worker.provision import provision
-from shortdrama_worker.queue import JobQueue
-from shortdrama_worker.reconcile import Reconciler
-from shortdrama_worker.results import ResultStore
-from shortdrama_worker.reuse import Reuser
-from shortdrama_worker.runner import JobRunner
 from shortdrama_worker.settings import Resource, Settings
-from shortdrama_worker.store import TaskStore
-from shortdrama_worker.submission import Submitter
-from shortdrama_worker.watch import JobWatch
 from shortdrama_worker.web import add_routes as web_routes_add
-from shortdrama_worker.web import cors
+from shortdrama_worker.web import api, cors
+from shortdrama_worker.web.auth import authenticate
 from shortdrama_worker.web.jobs import submit_and_wait
 from shortdrama_worker.web.limiting import limit_submits
+from shortdrama_worker.web.middleware import body_deadline, json_errors, request_context
 from shortdrama_worker.web.restore import requeue_unfinished
-from shortdrama_worker.webhooks import WebhookSender
 
 log = structlog.get_logger("shortdrama_worker.app")
 
@@ -88,7 +89,8 @@ def create_app(
     app[keys.REGISTRY] = (
         registry if registry is not None else HandlerRegistry.discover(settings.handlers.allow)
     )
-    app[keys.METRICS].declare_kinds(list(app[keys.REGISTRY].by_kind))
+    # The outcome label values are the Outcome enum: one source for both.
+    app[keys.METRICS].declare_kinds(app[keys.REGISTRY].by_kind, [o.value for o in Outcome])
     app.cleanup_ctx.extend(
         [
             _credentials,

@@ -14,7 +14,6 @@ import base64
 import faulthandler
 import json
 import mimetypes
-import signal
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,6 @@ from typing import Any
 import aiohttp
 
 from shortdrama_worker import __version__
-from shortdrama_worker.outcomes import CancelReason
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_WAIT_TIMEOUT = 0, 1, 2, 3, 4
 
@@ -140,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from shortdrama_worker.auth import new_key
+    from shortdrama_worker.web.auth import new_key
 
     key, digest = new_key()
     kinds = ", ".join(f'"{k.strip()}"' for k in args.kinds.split(",") if k.strip())
@@ -221,168 +219,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log)
     # A watchdog kill (SIGABRT) then leaves the stuck loop's stack in the journal.
     faulthandler.enable()
-    return asyncio.run(_serve(settings))
+    from shortdrama_worker.serve import ServeError, serve
 
-
-async def _serve(settings: Any) -> int:
-    """Serve until SIGTERM/SIGINT, then drain while the API still answers.
-
-    ``web.run_app`` closes the listening socket before cleanup, so /ready
-    could never say 503 while draining; the runner is driven here instead,
-    with the same application ``create_app`` builds.
-    """
-    import structlog
-    from aiohttp import web
-
-    from shortdrama_worker import keys
-    from shortdrama_worker.app import create_app
-    from shortdrama_worker.plugins import PluginError
-    from shortdrama_worker.provenance import CertificateError
-    from shortdrama_worker.sdnotify import SystemdNotifier
-
-    log = structlog.get_logger("shortdrama_worker.serve")
-    _check_ports(settings)  # before anything is provisioned
     try:
-        app = create_app(settings)
-    except PluginError as exc:
-        raise CliError(str(exc)) from None
-    # After the drain, open requests get api.shutdown_timeout_s to finish; a
-    # client trickling a request cannot hold the process past the unit's
-    # TimeoutStopSec (aiohttp's own default would wait 60 s).
-    runner = web.AppRunner(
-        app,
-        handle_signals=False,
-        access_log=None,
-        shutdown_timeout=settings.api.shutdown_timeout_s,
-    )
-    try:
-        await runner.setup()
-        site = web.TCPSite(runner, settings.api.host, settings.api.port)
-        await site.start()
-    except Exception as exc:
-        # Whatever opened (clients, the embedded endpoint, a consumer that
-        # already claimed jobs) is closed and handed back before exiting.
-        log.error("startup_failed", error=str(exc))
-        consumer = app.get(keys.CONSUMER)
-        if consumer is not None:
-            await consumer.stop()
-        await runner.cleanup()
-        if isinstance(exc, PluginError | CertificateError):
-            raise CliError(str(exc)) from None
-        if isinstance(exc, OSError):
-            where = f"{settings.api.host}:{settings.api.port}"
-            raise CliError(f"cannot listen on {where}: {exc}", EXIT_UNREACHABLE) from None
-        raise CliError(f"start-up failed: {exc}", EXIT_UNREACHABLE) from None
-    # With port 0 the OS picks one; the runner knows which.
-    port = runner.addresses[0][1] if runner.addresses else settings.api.port
-    api_url = settings.api.public_url or f"http://{settings.api.host}:{port}"
-    log.info(
-        "serving",
-        api=api_url,
-        aws=app[keys.ENDPOINT_URL] or "aws",
-        handlers=sorted(app[keys.HANDLERS].keys()),
-    )
-    if sys.stdout.isatty() or settings.local.embedded_aws:
-        print(f"shortdrama-worker {__version__} serving on {api_url}", flush=True)
-        if settings.local.embedded_aws:
-            print(f"  embedded AWS endpoint: {app[keys.ENDPOINT_URL]}", flush=True)
-            # The command as it was started, so the hint works without PATH changes.
-            me = (
-                sys.argv[0]
-                if not sys.argv[0].endswith("__main__.py")
-                else "python -m shortdrama_worker"
-            )
-            print(
-                f"  try: {me} submit face-mask --api {api_url} "
-                "--image examples/face.png --wait --output /tmp/masked.png",
-                flush=True,
-            )
-
-    consumer = app[keys.CONSUMER]
-
-    def healthy() -> bool:
-        return consumer is None or consumer.alive
-
-    def status_line() -> str:
-        if consumer is None:
-            return "API only (consumer disabled)"
-        depths = ", ".join(f"{q} {n}" for q, n in sorted(app[keys.DEPTH].depths.items()))
-        return (
-            f"in flight {consumer.in_flight}, prefetched {consumer.waiting}; "
-            f"{depths or 'queues not polled yet'}"
-        )
-
-    notifier = SystemdNotifier.from_env()
-    # READY only now: dependencies answered in runner.setup(), the consumer
-    # runs, and the port listens.
-    notifier.ready(status_line())
-    watchdog = asyncio.create_task(notifier.run_watchdog(healthy), name="sd-watchdog")
-    status = asyncio.create_task(notifier.run_status(status_line, interval_s=2.0), name="sd-status")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutdown_requested")
-    status.cancel()  # the drain sets its own STATUS; the watchdog pings on while draining
-    if consumer is not None:
-        notifier.stopping(
-            f"draining {consumer.in_flight} job(s), grace {settings.consumer.shutdown_grace_s:g}s"
-        )
-        drain = asyncio.create_task(consumer.stop())  # /ready answers 503 from here on
-
-        def hurry() -> None:
-            # A second Ctrl-C: running jobs go back to the queue now, not after the grace.
-            print("second signal: ending the drain now; running jobs are handed back", flush=True)
-            log.warning("drain_cut_short", returning=consumer.in_flight)
-            app[keys.RUNNER].cancel_all(CancelReason.SHUTDOWN)
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, hurry)
-        if consumer.in_flight:
-            print(
-                f"draining {consumer.in_flight} running job(s) for up to "
-                f"{settings.consumer.shutdown_grace_s:g} s; Ctrl-C again to stop now",
-                flush=True,
-            )
-        await drain
-    else:
-        notifier.stopping()
-    await runner.cleanup()
-    watchdog.cancel()
-    notifier.close()
-    log.info("stopped")
-    return EXIT_OK
-
-
-def _check_ports(settings: Any) -> None:
-    """Refuse a port that is taken now, naming the setting and variable that move it."""
-    import socket
-
-    wanted = [(settings.api.host, settings.api.port, "api.port", "SHORTDRAMA_API__PORT")]
-    if settings.local.embedded_aws and settings.local.embedded_aws_port:
-        wanted.append(
-            (
-                "127.0.0.1",
-                settings.local.embedded_aws_port,
-                "local.embedded_aws_port",
-                "SHORTDRAMA_LOCAL__EMBEDDED_AWS_PORT",
-            )
-        )
-    for host, port, setting, variable in wanted:
-        if not port:
-            continue
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            # As the server will bind: reusing TIME_WAIT addresses, not live ones.
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((host, port))
-            except OSError as exc:
-                raise CliError(
-                    f"port {port} on {host} is not free ({exc.strerror}): is another "
-                    f"shortdrama-worker running? Stop it, or choose another port with "
-                    f"{setting} in the config file or {variable}=<port>"
-                ) from None
+        return asyncio.run(serve(settings))
+    except ServeError as exc:
+        raise CliError(str(exc), exc.exit_code) from None
 
 
 # -- init / handlers -----------------------------------------------------------
@@ -392,8 +234,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     settings = _settings(args)
 
     async def run() -> None:
-        from shortdrama_worker.aws import open_clients
-        from shortdrama_worker.provision import provision
+        from shortdrama_worker.aws.clients import open_clients
+        from shortdrama_worker.aws.provision import provision
 
         async with open_clients(settings.aws, settings.aws.endpoint_url) as clients:
             for line in await provision(clients, settings):

@@ -5,25 +5,25 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
-from shortdrama_worker.aws import AwsClients
-from shortdrama_worker.consumer import Consumer
-from shortdrama_worker.depth import QueueDepthExporter
-from shortdrama_worker.gates import Gates
-from shortdrama_worker.inputs import InputRules
-from shortdrama_worker.limits import Limits
+from shortdrama_worker.aws.clients import AwsClients
+from shortdrama_worker.aws.queue import JobQueue
+from shortdrama_worker.aws.results import ResultStore
+from shortdrama_worker.aws.store import TaskStore
+from shortdrama_worker.inputs.fetch import InputRules
+from shortdrama_worker.inputs.netguard import AddressPolicy
+from shortdrama_worker.jobs.consumer import Consumer
+from shortdrama_worker.jobs.depth import QueueDepthExporter
+from shortdrama_worker.jobs.gates import Gates
+from shortdrama_worker.jobs.limits import Limits
+from shortdrama_worker.jobs.reconcile import Reconciler
+from shortdrama_worker.jobs.runner import JobRunner
+from shortdrama_worker.jobs.submission import Submitter
+from shortdrama_worker.jobs.watch import JobWatch
+from shortdrama_worker.jobs.webhooks import WebhookSender
 from shortdrama_worker.metrics import Metrics
-from shortdrama_worker.netguard import AddressPolicy
 from shortdrama_worker.plugins import AnyHandler, HandlerRegistry, Readiness
 from shortdrama_worker.provenance import ContentCredentials
-from shortdrama_worker.queue import JobQueue
-from shortdrama_worker.reconcile import Reconciler
-from shortdrama_worker.results import ResultStore
-from shortdrama_worker.runner import JobRunner
 from shortdrama_worker.settings import Settings
-from shortdrama_worker.store import TaskStore
-from shortdrama_worker.submission import Submitter
-from shortdrama_worker.watch import JobWatch
-from shortdrama_worker.webhooks import WebhookSender
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)

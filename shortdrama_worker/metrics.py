@@ -8,10 +8,11 @@ ComfyUI server's name or index). Ids go to logs, never here.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from shortdrama_worker import __version__
-from shortdrama_worker.outcomes import Outcome
 
 # GPU jobs run for seconds to many minutes; CPU jobs for fractions of a second.
 JOB_DURATION_BUCKETS = (
@@ -36,7 +37,6 @@ JOB_DURATION_BUCKETS = (
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
-OUTCOMES = tuple(outcome.value for outcome in Outcome)
 LIMIT_NAMES = ("rate", "concurrency", "jobs_per_day", "cost_per_day")
 
 
@@ -238,7 +238,7 @@ class Metrics:
             registry=r,
         )
 
-    def declare_kinds(self, kinds: list[str]) -> None:
+    def declare_kinds(self, kinds: Iterable[str], outcomes: Iterable[str]) -> None:
         """Create every kind × outcome series at zero.
 
         A counter that appears only at its first increment makes ``rate()``
@@ -251,7 +251,7 @@ class Metrics:
             self.jobs_reused.labels(kind)
             self.cost_saved.labels(kind)
             self.in_flight.labels(kind)
-            for outcome in OUTCOMES:
+            for outcome in outcomes:
                 self.jobs_finished.labels(kind, outcome)
         for limit in LIMIT_NAMES:
             self.submits_refused.labels(limit)

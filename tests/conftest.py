@@ -16,8 +16,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from shortdrama_worker.app import create_app
-from shortdrama_worker.aws import AwsClients, open_clients
-from shortdrama_worker.embedded import EmbeddedEndpoint
+from shortdrama_worker.aws.clients import AwsClients, open_clients
+from shortdrama_worker.aws.embedded import EmbeddedEndpoint
 from shortdrama_worker.plugins import HandlerRegistry
 from shortdrama_worker.provenance.certs import DevCertificate, make_dev_certificate
 from shortdrama_worker.settings import Settings, load_settings

@@ -8,9 +8,9 @@ import pytest
 from support import ScriptedHandler, wait_for
 
 from shortdrama_worker import keys
-from shortdrama_worker.auth import digest
 from shortdrama_worker.plugins import HandlerRegistry
 from shortdrama_worker.settings import ConfigError, load_settings
+from shortdrama_worker.web.auth import digest
 
 EDITOR, VIEWER, ADMIN = "sdw_editor_key", "sdw_viewer_key", "sdw_admin_key"
 

@@ -14,8 +14,8 @@ import pytest
 from support import GpuProbeHandler, ScriptedHandler, eventually, submit, wait_for
 
 from shortdrama_worker import keys
+from shortdrama_worker.aws.queue import JobMessage, JobQueue, QueueError
 from shortdrama_worker.plugins import HandlerRegistry
-from shortdrama_worker.queue import JobMessage, JobQueue, QueueError
 
 
 async def received(aws: Any, url: str, count: int) -> list[JobMessage]:

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from support import ScriptedHandler, submit
 
-from shortdrama_worker.auth import new_key
 from shortdrama_worker.handlers.face_mask import FaceMaskHandler
 from shortdrama_worker.plugins import HandlerRegistry
+from shortdrama_worker.web.auth import new_key
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples" / "face.png"

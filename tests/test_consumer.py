@@ -11,8 +11,8 @@ from aiohttp import web
 from support import GpuProbeHandler, ScriptedHandler, SlowHandler, eventually, submit, wait_for
 
 from shortdrama_worker import keys
+from shortdrama_worker.aws.queue import encode
 from shortdrama_worker.plugins import HandlerRegistry
-from shortdrama_worker.queue import encode
 
 
 def registry() -> HandlerRegistry:
@@ -335,7 +335,7 @@ async def test_a_job_whose_message_was_lost_is_requeued_and_completes(
 ) -> None:
     import time
 
-    from shortdrama_worker.store import Task
+    from shortdrama_worker.aws.store import Task
 
     settings = make_settings(consumer={"stale_after_s": 60, "reconcile_interval_s": 0})
     app, client = await start_app(settings, registry())

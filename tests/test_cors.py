@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from support import ScriptedHandler
 
-from shortdrama_worker.auth import digest
 from shortdrama_worker.plugins import HandlerRegistry
 from shortdrama_worker.settings import ConfigError
+from shortdrama_worker.web.auth import digest
 
 APP = "https://editor.example.com"
 EVIL = "https://evil.example.net"

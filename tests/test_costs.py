@@ -19,9 +19,9 @@ from shortdrama_worker.contract import (
     JobContext,
     NoSettings,
 )
-from shortdrama_worker.costs import estimate
 from shortdrama_worker.edge_settings import CostSettings
 from shortdrama_worker.handlers.face_swap import FaceSwapHandler
+from shortdrama_worker.jobs.costs import estimate
 from shortdrama_worker.plugins import HandlerRegistry
 
 SEEDREAM = "doubao-seedream-4-0-250828"  # the model the fake ARK reports

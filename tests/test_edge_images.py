@@ -15,7 +15,7 @@ from PIL import Image
 from support import ScriptedHandler, eventually, submit, wait_for
 
 from shortdrama_worker import keys
-from shortdrama_worker.inputs import PixelBudget, decode_image, draft_size
+from shortdrama_worker.inputs.fetch import PixelBudget, decode_image, draft_size
 from shortdrama_worker.plugins import HandlerRegistry
 
 EPS = (

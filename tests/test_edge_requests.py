@@ -13,8 +13,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from support import ScriptedHandler, eventually, submit
 
-from shortdrama_worker.auth import digest
 from shortdrama_worker.plugins import HandlerRegistry
+from shortdrama_worker.web.auth import digest
 
 SECRET = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
 KEY = "sdw_editor_key"

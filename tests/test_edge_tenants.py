@@ -13,9 +13,9 @@ from PIL import Image
 from support import ScriptedHandler, eventually, submit, wait_for
 
 from shortdrama_worker import keys
-from shortdrama_worker.auth import digest
+from shortdrama_worker.jobs.submission import derive_job_id
 from shortdrama_worker.plugins import HandlerRegistry
-from shortdrama_worker.submission import derive_job_id
+from shortdrama_worker.web.auth import digest
 
 ALICE, BOB = "sdw_alice_key", "sdw_bob_key"
 

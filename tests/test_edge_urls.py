@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from support import ScriptedHandler, submit, wait_for
 
-from shortdrama_worker.netguard import AddressPolicy, UrlRefused, web_target
+from shortdrama_worker.inputs.netguard import AddressPolicy, UrlRefused, web_target
 from shortdrama_worker.plugins import HandlerRegistry
 
 SECRET = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="

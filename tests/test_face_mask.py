@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from support import submit, wait_for
 
-from shortdrama_worker.faces.boxes import FaceBox, order_faces
+from shortdrama_worker.contract import FaceBox, order_faces
 from shortdrama_worker.faces.local import LocalFaceDetector
 from shortdrama_worker.handlers.face_mask import FaceMaskHandler
 from shortdrama_worker.plugins import HandlerRegistry

@@ -30,7 +30,7 @@ from shortdrama_worker.contract.errors import InputError, PermanentJobError
 from shortdrama_worker.contract.fields import REFERENCE_CHECK
 from shortdrama_worker.handlers.face_swap import FaceSwapHandler
 from shortdrama_worker.handlers.full_face_swap import FullFaceSwapHandler, FullFaceSwapInput
-from shortdrama_worker.inputs import parse_data_uri, reference_problem
+from shortdrama_worker.inputs.fetch import parse_data_uri, reference_problem
 from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.plugins import HandlerRegistry
 

@@ -27,8 +27,8 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from shortdrama_worker import keys
-from shortdrama_worker.openapi import build_openapi
 from shortdrama_worker.plugins import HandlerRegistry
+from shortdrama_worker.web.openapi import build_openapi
 
 # Per operation and generation mode: ~26 operations x 2 modes stay well under 90 s.
 MAX_EXAMPLES = 25

@@ -9,7 +9,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from support import ScriptedHandler, submit, wait_for
 
-from shortdrama_worker.netguard import AddressPolicy
+from shortdrama_worker.inputs.netguard import AddressPolicy
 from shortdrama_worker.plugins import HandlerRegistry
 
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from support import ScriptedHandler, submit, wait_for
 
-from shortdrama_worker.auth import new_key
 from shortdrama_worker.plugins import HandlerRegistry
+from shortdrama_worker.web.auth import new_key
 
 
 class OtherHandler(ScriptedHandler):

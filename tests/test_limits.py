@@ -13,10 +13,10 @@ from typing import Any
 from support import ScriptedHandler, eventually, submit, wait_for
 
 from shortdrama_worker import keys
-from shortdrama_worker.auth import digest
+from shortdrama_worker.aws.store import TaskStore
 from shortdrama_worker.edge_settings import LimitsSettings
 from shortdrama_worker.plugins import HandlerRegistry
-from shortdrama_worker.store import TaskStore
+from shortdrama_worker.web.auth import digest
 
 EDITOR, PARTNER = "sdw_editor_key", "sdw_partner_key"
 

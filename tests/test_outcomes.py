@@ -6,8 +6,9 @@ import time
 
 import pytest
 
+from shortdrama_worker.aws.store import Task
 from shortdrama_worker.contract import PermanentJobError, TransientJobError
-from shortdrama_worker.outcomes import (
+from shortdrama_worker.jobs.outcomes import (
     Cancelled,
     CancelReason,
     Disposition,
@@ -18,7 +19,6 @@ from shortdrama_worker.outcomes import (
     decide_attempt,
     decide_refusal,
 )
-from shortdrama_worker.store import Task
 
 NOW = time.time()
 
@@ -118,6 +118,14 @@ def test_an_abandoned_job_out_of_attempts_fails_instead_of_staying_processing() 
 
 
 def test_outcome_labels_are_the_metric_labels() -> None:
-    from shortdrama_worker.metrics import OUTCOMES
+    from shortdrama_worker.metrics import Metrics
 
-    assert tuple(o.value for o in Outcome) == OUTCOMES
+    metrics = Metrics()
+    metrics.declare_kinds(["face_mask"], [o.value for o in Outcome])
+    labels = {
+        s.labels["outcome"]
+        for family in metrics.registry.collect()
+        if family.name == "shortdrama_jobs_finished"
+        for s in family.samples
+    }
+    assert labels == {o.value for o in Outcome}

@@ -34,7 +34,6 @@ from PIL import Image
 from support import submit, wait_for
 
 from shortdrama_worker.app import create_app
-from shortdrama_worker.auth import digest
 from shortdrama_worker.cli import main
 from shortdrama_worker.contract import Consent, Provenance
 from shortdrama_worker.handlers.face_mask import FaceMaskHandler
@@ -53,6 +52,7 @@ from shortdrama_worker.provenance import (
 from shortdrama_worker.provenance.certs import DevCertificate
 from shortdrama_worker.provenance.startup import open_content_credentials
 from shortdrama_worker.settings import ProvenanceSettings
+from shortdrama_worker.web.auth import digest
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "face.png"

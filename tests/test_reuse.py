@@ -20,10 +20,10 @@ from support import ScriptedHandler, submit, wait_for
 from test_face_mask import SAMPLE, data_uri
 
 from shortdrama_worker import keys
-from shortdrama_worker.auth import digest
 from shortdrama_worker.contract import JobContext
 from shortdrama_worker.handlers.face_mask import FaceMaskHandler, FaceMaskInput
 from shortdrama_worker.plugins import HandlerRegistry
+from shortdrama_worker.web.auth import digest
 
 EDITOR, PARTNER = "sdw_editor_key", "sdw_partner_key"
 

@@ -77,7 +77,7 @@ async def test_a_wait_on_a_job_run_here_reads_its_record_once(
     # as written (claim, progress, completion): reading it back after each
     # would only load the store. (No timed re-read within this test: those
     # are for changes made by other instances.)
-    monkeypatch.setattr("shortdrama_worker.watch._FIRST_POLL_S", 30.0)
+    monkeypatch.setattr("shortdrama_worker.jobs.watch._FIRST_POLL_S", 30.0)
     app, api = await start_app(make_settings(api={"max_wait_s": 10}), registry())
     store = app[keys.STORE]
     reads: list[str] = []

@@ -40,6 +40,7 @@ from shortdrama_worker.contract.values import (
     Provenance,
     Resource,
     StoredResult,
+    order_faces,
 )
 
 __all__ = [
@@ -70,5 +71,6 @@ __all__ = [
     "TransientJobError",
     "file_ref",
     "iter_references",
+    "order_faces",
     "sniff_content_type",
 ]

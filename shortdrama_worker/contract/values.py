@@ -114,3 +114,12 @@ class Provenance:
     """Consent attestations, by the input field that shows the person."""
     details: Mapping[str, str | int | float | bool] = field(default_factory=dict)
     """Further facts worth signing (a provider watermark, a workflow name)."""
+
+
+def order_faces(faces: list[FaceBox]) -> list[FaceBox]:
+    """The documented ``face_index`` order: left to right by the box centre.
+
+    Editors pick "the second person from the left"; ties (stacked faces) go
+    top to bottom. Every backend returns faces in this order.
+    """
+    return sorted(faces, key=lambda f: (round(f.center_x), f.y))

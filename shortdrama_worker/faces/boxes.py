@@ -8,17 +8,6 @@ from PIL import Image
 
 from shortdrama_worker.contract.values import FaceBox
 
-__all__ = ["FaceBox", "FaceDetector", "order_faces"]
-
-
-def order_faces(faces: list[FaceBox]) -> list[FaceBox]:
-    """The documented ``face_index`` order: left to right by the box centre.
-
-    Editors pick "the second person from the left"; ties (stacked faces) go
-    top to bottom. Every backend returns faces in this order.
-    """
-    return sorted(faces, key=lambda f: (round(f.center_x), f.y))
-
 
 class FaceDetector(Protocol):
     """A backend that finds faces. ``name`` is recorded in the job result."""

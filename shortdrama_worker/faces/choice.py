@@ -13,9 +13,8 @@ from typing import Any, Literal
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from shortdrama_worker.contract import HandlerEnv, Health, JobContext
+from shortdrama_worker.contract import FaceBox, HandlerEnv, Health, JobContext
 from shortdrama_worker.contract.errors import InputError
-from shortdrama_worker.faces.boxes import FaceBox
 from shortdrama_worker.faces.local import LocalFaceDetector
 from shortdrama_worker.faces.qwen_vl import QwenVLDetector
 from shortdrama_worker.providers.dashscope import DashScopeClient, DashScopeSettings

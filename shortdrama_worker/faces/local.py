@@ -15,7 +15,7 @@ from typing import Any
 
 from PIL import Image
 
-from shortdrama_worker.faces.boxes import FaceBox, order_faces
+from shortdrama_worker.contract import FaceBox, order_faces
 
 
 class LocalFaceDetector:

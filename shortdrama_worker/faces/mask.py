@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PIL import Image, ImageDraw
 
-from shortdrama_worker.faces.boxes import FaceBox
+from shortdrama_worker.contract import FaceBox
 
 # MTCNN-style boxes run from the eyebrows to the chin and are a little wider
 # than the cheeks; an ellipse inscribed in a slightly narrowed box covers the

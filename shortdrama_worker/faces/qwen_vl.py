@@ -14,7 +14,7 @@ import aiohttp
 from PIL import Image
 from structlog.typing import FilteringBoundLogger
 
-from shortdrama_worker.faces.boxes import FaceBox
+from shortdrama_worker.contract import FaceBox
 from shortdrama_worker.providers.dashscope import DashScopeClient, DashScopeSettings, Grounding
 
 

@@ -15,6 +15,7 @@ from pydantic import Field
 
 from shortdrama_worker.contract import (
     CONTRACT_VERSION,
+    FaceBox,
     Handler,
     HandlerEnv,
     HandlerInput,
@@ -24,7 +25,6 @@ from shortdrama_worker.contract import (
 )
 from shortdrama_worker.contract.errors import PermanentJobError
 from shortdrama_worker.contract.fields import ImageRef
-from shortdrama_worker.faces.boxes import FaceBox
 from shortdrama_worker.faces.choice import DetectorName, Detectors, DetectorSettings
 from shortdrama_worker.faces.mask import draw_face_mask
 from shortdrama_worker.png import encode_png

@@ -28,9 +28,9 @@ from PIL import Image
 from pydantic import Field
 from structlog.typing import FilteringBoundLogger
 
+from shortdrama_worker.contract import FaceBox, order_faces
 from shortdrama_worker.contract.context import PluginMetrics
 from shortdrama_worker.contract.errors import TransientJobError
-from shortdrama_worker.faces.boxes import FaceBox, order_faces
 from shortdrama_worker.providers.http import ProviderClient, ProviderSettings
 from shortdrama_worker.providers.images import ImageLimits, PreparedImage, prepare_image
 

@@ -23,7 +23,7 @@ from aiohttp import hdrs, web
 
 from shortdrama_worker import keys
 from shortdrama_worker.edge_settings import CorsSettings
-from shortdrama_worker.responses import error_response
+from shortdrama_worker.web.responses import error_response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -10,12 +10,13 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
-from shortdrama_worker import api, keys
+from shortdrama_worker import keys
 from shortdrama_worker.access import may_read
-from shortdrama_worker.auth import REQUEST_KEY
-from shortdrama_worker.responses import error_response
-from shortdrama_worker.store import StoreError
+from shortdrama_worker.aws.store import StoreError
+from shortdrama_worker.web import api
+from shortdrama_worker.web.auth import REQUEST_KEY
 from shortdrama_worker.web.listing import ListingError, list_jobs, parse_query
+from shortdrama_worker.web.responses import error_response
 from shortdrama_worker.web.views import detailed_view
 
 log = structlog.get_logger("shortdrama_worker.web.jobs")

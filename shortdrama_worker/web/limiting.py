@@ -14,12 +14,13 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from shortdrama_worker import api, keys
-from shortdrama_worker.auth import REQUEST_KEY
-from shortdrama_worker.limits import LimitExceeded
-from shortdrama_worker.responses import error_response
-from shortdrama_worker.store import StoreError
-from shortdrama_worker.submission import too_many
+from shortdrama_worker import keys
+from shortdrama_worker.aws.store import StoreError
+from shortdrama_worker.jobs.limits import LimitExceeded
+from shortdrama_worker.jobs.submission import too_many
+from shortdrama_worker.web import api
+from shortdrama_worker.web.auth import REQUEST_KEY
+from shortdrama_worker.web.responses import error_response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -19,7 +19,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from shortdrama_worker.store import Task, TaskStore
+from shortdrama_worker.aws.store import Task, TaskStore
 
 STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
 DEFAULT_LIMIT = 50

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from shortdrama_worker.queue import JobQueue
-from shortdrama_worker.store import TaskStore
+from shortdrama_worker.aws.queue import JobQueue
+from shortdrama_worker.aws.store import TaskStore
 
 
 async def requeue_unfinished(store: TaskStore, queue: JobQueue) -> int:

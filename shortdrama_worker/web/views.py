@@ -11,9 +11,9 @@ from typing import Any
 from aiohttp import web
 
 from shortdrama_worker import keys
-from shortdrama_worker.api import base_url
-from shortdrama_worker.jobview import render_job
-from shortdrama_worker.store import Task
+from shortdrama_worker.aws.store import Task
+from shortdrama_worker.jobs.view import render_job
+from shortdrama_worker.web.api import base_url
 
 
 async def detailed_view(request: web.Request, task: Task) -> dict[str, Any]:

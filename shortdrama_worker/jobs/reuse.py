@@ -39,13 +39,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel
 
 from shortdrama_worker import __version__
+from shortdrama_worker.aws.store import StoreError, Task, TaskStore
 from shortdrama_worker.contract.fields import iter_references
 from shortdrama_worker.edge_settings import ReuseSettings
-from shortdrama_worker.limits import ANONYMOUS
+from shortdrama_worker.jobs.limits import ANONYMOUS
 from shortdrama_worker.plugins import AnyHandler, HandlerSpec
-from shortdrama_worker.store import StoreError, Task, TaskStore
 
-log = structlog.get_logger("shortdrama_worker.reuse")
+log = structlog.get_logger("shortdrama_worker.jobs.reuse")
 
 PREFIX = "#reuse/"
 SHARED = "*"

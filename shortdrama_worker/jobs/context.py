@@ -10,6 +10,8 @@ from typing import Any
 from PIL import Image
 from structlog.typing import FilteringBoundLogger
 
+from shortdrama_worker.aws.results import ResultStore, ResultStoreError
+from shortdrama_worker.aws.store import StaleTransition, StoreError, Task, TaskStore
 from shortdrama_worker.contract import (
     FaceBox,
     FetchedInput,
@@ -21,8 +23,8 @@ from shortdrama_worker.contract import (
     sniff_content_type,
 )
 from shortdrama_worker.faces.boxes import FaceDetector
-from shortdrama_worker.gates import GpuSlots
-from shortdrama_worker.inputs import InputFetcher, PixelHold, RefKind
+from shortdrama_worker.inputs.fetch import InputFetcher, PixelHold, RefKind
+from shortdrama_worker.jobs.gates import GpuSlots
 from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.provenance import (
     SIGNED_TYPES,
@@ -31,8 +33,6 @@ from shortdrama_worker.provenance import (
     JobFacts,
     SigningError,
 )
-from shortdrama_worker.results import ResultStore, ResultStoreError
-from shortdrama_worker.store import StaleTransition, StoreError, Task, TaskStore
 
 
 class RunContext:

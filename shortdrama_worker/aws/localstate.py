@@ -34,7 +34,7 @@ from urllib.parse import quote
 
 import structlog
 
-log = structlog.get_logger("shortdrama_worker.localstate")
+log = structlog.get_logger("shortdrama_worker.aws.localstate")
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 

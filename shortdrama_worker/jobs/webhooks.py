@@ -25,7 +25,8 @@ import aiohttp
 import structlog
 import yarl
 
-from shortdrama_worker.netguard import (
+from shortdrama_worker.aws.store import StoreError, Task, TaskStore
+from shortdrama_worker.inputs.netguard import (
     AddressPolicy,
     AddressRefused,
     UrlRefused,
@@ -33,9 +34,8 @@ from shortdrama_worker.netguard import (
     web_target,
 )
 from shortdrama_worker.settings import WebhookSettings
-from shortdrama_worker.store import StoreError, Task, TaskStore
 
-log = structlog.get_logger("shortdrama_worker.webhooks")
+log = structlog.get_logger("shortdrama_worker.jobs.webhooks")
 
 
 def secret_bytes(secret: str) -> bytes:

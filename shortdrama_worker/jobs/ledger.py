@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import structlog
 
-from shortdrama_worker.limits import Limits
+from shortdrama_worker.aws.store import Task
+from shortdrama_worker.jobs.limits import Limits
+from shortdrama_worker.jobs.reuse import Reuser
 from shortdrama_worker.metrics import Metrics
-from shortdrama_worker.reuse import Reuser
-from shortdrama_worker.store import Task
 
-log = structlog.get_logger("shortdrama_worker.ledger")
+log = structlog.get_logger("shortdrama_worker.jobs.ledger")
 
 
 class Ledger:

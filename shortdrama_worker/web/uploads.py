@@ -18,7 +18,7 @@ from aiohttp import BodyPartReader, MultipartReader, StreamReader, web
 from shortdrama_worker import keys
 from shortdrama_worker.contract import IMAGE_TYPES, sniff_content_type
 from shortdrama_worker.plugins import HandlerSpec
-from shortdrama_worker.responses import error_response
+from shortdrama_worker.web.responses import error_response
 
 _READ_CHUNK = 256 * 1024
 

@@ -16,17 +16,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shortdrama_worker import keys
 from shortdrama_worker.access import may_read, may_submit
-from shortdrama_worker.auth import REQUEST_KEY
-from shortdrama_worker.jobview import job_view, render_job
-from shortdrama_worker.openapi import build_openapi
-from shortdrama_worker.outcomes import CancelReason
+from shortdrama_worker.aws.store import StaleTransition, StoreError, Task
+from shortdrama_worker.jobs.outcomes import CancelReason
+from shortdrama_worker.jobs.submission import Request, SubmitError
+from shortdrama_worker.jobs.view import job_view, render_job
 from shortdrama_worker.plugins import HandlerSpec, unknown_kind_message
-from shortdrama_worker.responses import error_response
-from shortdrama_worker.store import StaleTransition, StoreError, Task
-from shortdrama_worker.submission import Request, SubmitError
-from shortdrama_worker.uploads import BodyError, read_body
+from shortdrama_worker.web.auth import REQUEST_KEY
+from shortdrama_worker.web.openapi import build_openapi
+from shortdrama_worker.web.responses import error_response
+from shortdrama_worker.web.uploads import BodyError, read_body
 
-log = structlog.get_logger("shortdrama_worker.api")
+log = structlog.get_logger("shortdrama_worker.web.api")
 
 # Submit bodies: JSON (a missing Content-Type is read as JSON, as older clients
 # send it), or a form with files (``uploads``).
@@ -228,32 +228,43 @@ def _explain(handler: object) -> Mapping[str, str]:
 
 
 async def ready(request: web.Request) -> web.Response:
-    app = request.app
+    reasons = [*_consumer_problems(request.app), *_held_kinds(request.app)]
+    if reasons:
+        return web.json_response({"ready": False, "reasons": reasons}, status=503)
+    return web.json_response({"ready": True})
+
+
+def _consumer_problems(app: web.Application) -> list[str]:
     consumer = app[keys.CONSUMER]
-    reasons = []
-    if app[keys.SETTINGS].consumer.enabled and (consumer is None or not consumer.running):
-        reasons.append("consumer not running")
-    if consumer is not None and consumer.draining:
+    if consumer is None:
+        return ["consumer not running"] if app[keys.SETTINGS].consumer.enabled else []
+    reasons = [] if consumer.running else ["consumer not running"]
+    if consumer.draining:
         reasons.append("draining")
-    if consumer is not None:
-        # Ready when every queue this instance consumes has a handler that can
-        # run now; a GPU instance whose ComfyUI is down is not ready.
-        for resource in consumer.resources:
-            if not app[keys.READINESS].ready(resource):
-                reasons.append(f"no {resource} handler can run now")
-    # A consumed kind that cannot run (its jobs are held) makes the instance
-    # not ready too, with the reason: e.g. the model files its ComfyUI lacks.
-    # An API-only instance (no consumer) runs nothing, so only /health says so.
+    # Ready when every queue this instance consumes has a handler that can
+    # run now; a GPU instance whose ComfyUI is down is not ready.
+    for resource in consumer.resources:
+        if not app[keys.READINESS].ready(resource):
+            reasons.append(f"no {resource} handler can run now")
+    return reasons
+
+
+def _held_kinds(app: web.Application) -> list[str]:
+    """Consumed kinds that cannot run (their jobs are held), with the reason.
+
+    E.g. the model files a ComfyUI lacks. An API-only instance (no consumer)
+    runs nothing, so only /health says so there.
+    """
+    consumer = app[keys.CONSUMER]
     consumed = set(consumer.resources) if consumer is not None else set()
+    reasons = []
     for spec in app[keys.REGISTRY]:
         handler = app[keys.HANDLERS].get(spec.kind)
         if spec.resource not in consumed or handler is None or handler.ready():
             continue
         if why := _explain(handler):
             reasons.append(f"{spec.kind}: " + "; ".join(why.values()))
-    if reasons:
-        return web.json_response({"ready": False, "reasons": reasons}, status=503)
-    return web.json_response({"ready": True})
+    return reasons
 
 
 async def metrics(request: web.Request) -> web.Response:

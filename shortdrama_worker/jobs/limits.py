@@ -33,11 +33,11 @@ from typing import Any
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shortdrama_worker.aws import error_code
+from shortdrama_worker.aws.clients import error_code
+from shortdrama_worker.aws.store import TERMINAL, StoreError
 from shortdrama_worker.edge_settings import LimitSettings, LimitsSettings
-from shortdrama_worker.store import TERMINAL, StoreError
 
-log = structlog.get_logger("shortdrama_worker.limits")
+log = structlog.get_logger("shortdrama_worker.jobs.limits")
 
 ANONYMOUS = "(anonymous)"
 PREFIX = "#limits/"

@@ -30,6 +30,9 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from shortdrama_worker.access import may_read
+from shortdrama_worker.aws.queue import JobQueue, QueueError
+from shortdrama_worker.aws.results import ResultStore, ResultStoreError
+from shortdrama_worker.aws.store import StaleTransition, StoreError, Task, TaskStore
 from shortdrama_worker.contract import (
     IMAGE_TYPES,
     FetchedInput,
@@ -39,7 +42,7 @@ from shortdrama_worker.contract import (
     sniff_content_type,
 )
 from shortdrama_worker.contract.fields import REFERENCE_CHECK
-from shortdrama_worker.inputs import (
+from shortdrama_worker.inputs.fetch import (
     InputRules,
     S3Object,
     parse_data_uri,
@@ -47,17 +50,14 @@ from shortdrama_worker.inputs import (
     ref_scheme,
     reference_problem,
 )
-from shortdrama_worker.limits import Admission, LimitExceeded, Limits
+from shortdrama_worker.inputs.netguard import AddressPolicy, UrlRefused, web_target
+from shortdrama_worker.jobs.limits import Admission, LimitExceeded, Limits
+from shortdrama_worker.jobs.reuse import reuse_flag
 from shortdrama_worker.metrics import Metrics
-from shortdrama_worker.netguard import AddressPolicy, UrlRefused, web_target
 from shortdrama_worker.plugins import HandlerSpec
-from shortdrama_worker.queue import JobQueue, QueueError
-from shortdrama_worker.results import ResultStore, ResultStoreError
-from shortdrama_worker.reuse import reuse_flag
 from shortdrama_worker.settings import ApiKeySettings, Settings
-from shortdrama_worker.store import StaleTransition, StoreError, Task, TaskStore
 
-log = structlog.get_logger("shortdrama_worker.submission")
+log = structlog.get_logger("shortdrama_worker.jobs.submission")
 
 Path = tuple[str | int, ...]
 

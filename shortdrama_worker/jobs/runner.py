@@ -22,16 +22,17 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from shortdrama_worker.context import RunContext
+from shortdrama_worker.aws.queue import JobMessage, JobQueue, MalformedMessage, QueueError
+from shortdrama_worker.aws.results import ResultStore
+from shortdrama_worker.aws.store import StaleTransition, StoreError, Task, TaskStore
 from shortdrama_worker.contract.errors import JobError, PermanentJobError, TransientJobError
-from shortdrama_worker.costs import estimate, reused_cost, usage_of
 from shortdrama_worker.faces.boxes import FaceDetector
-from shortdrama_worker.gates import Gates
-from shortdrama_worker.inputs import InputFetcher
-from shortdrama_worker.jobview import files_of, freeze_result
-from shortdrama_worker.ledger import Ledger
-from shortdrama_worker.metrics import Metrics
-from shortdrama_worker.outcomes import (
+from shortdrama_worker.inputs.fetch import InputFetcher
+from shortdrama_worker.jobs.context import RunContext
+from shortdrama_worker.jobs.costs import estimate, reused_cost, usage_of
+from shortdrama_worker.jobs.gates import Gates
+from shortdrama_worker.jobs.ledger import Ledger
+from shortdrama_worker.jobs.outcomes import (
     Attempt,
     Cancelled,
     CancelReason,
@@ -40,17 +41,16 @@ from shortdrama_worker.outcomes import (
     decide_attempt,
     decide_refusal,
 )
+from shortdrama_worker.jobs.reuse import Reuser
+from shortdrama_worker.jobs.settle import Completion, Settler
+from shortdrama_worker.jobs.view import files_of, freeze_result
+from shortdrama_worker.jobs.webhooks import WebhookSender
+from shortdrama_worker.metrics import Metrics
 from shortdrama_worker.plugins import AnyHandler, HandlerRegistry
 from shortdrama_worker.provenance import ContentCredentials
-from shortdrama_worker.queue import JobMessage, JobQueue, MalformedMessage, QueueError
-from shortdrama_worker.results import ResultStore
-from shortdrama_worker.reuse import Reuser
 from shortdrama_worker.settings import Settings
-from shortdrama_worker.settle import Completion, Settler
-from shortdrama_worker.store import StaleTransition, StoreError, Task, TaskStore
-from shortdrama_worker.webhooks import WebhookSender
 
-log = structlog.get_logger("shortdrama_worker.runner")
+log = structlog.get_logger("shortdrama_worker.jobs.runner")
 
 # How long a message for a kind whose handler is not ready stays hidden.
 _HELD_VISIBILITY_S = 30

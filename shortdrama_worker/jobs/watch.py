@@ -14,7 +14,7 @@ import contextlib
 import time
 from collections.abc import AsyncGenerator, Iterator
 
-from shortdrama_worker.store import Task, TaskStore
+from shortdrama_worker.aws.store import Task, TaskStore
 
 _FIRST_POLL_S = 0.25
 _MAX_POLL_S = 2.0

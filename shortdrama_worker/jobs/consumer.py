@@ -19,15 +19,15 @@ import contextlib
 
 import structlog
 
-from shortdrama_worker.gates import Gates
+from shortdrama_worker.aws.queue import JobMessage, JobQueue, QueueError
+from shortdrama_worker.jobs.gates import Gates
+from shortdrama_worker.jobs.outcomes import CancelReason
+from shortdrama_worker.jobs.runner import JobRunner
 from shortdrama_worker.metrics import Metrics
-from shortdrama_worker.outcomes import CancelReason
 from shortdrama_worker.plugins import Readiness
-from shortdrama_worker.queue import JobMessage, JobQueue, QueueError
-from shortdrama_worker.runner import JobRunner
 from shortdrama_worker.settings import Resource, Settings
 
-log = structlog.get_logger("shortdrama_worker.consumer")
+log = structlog.get_logger("shortdrama_worker.jobs.consumer")
 
 _MAX_POLL_BACKOFF_S = 30.0
 _NOT_READY_RECHECK_S = 2.0

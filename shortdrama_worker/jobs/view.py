@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from shortdrama_worker.aws.results import ResultStore
+from shortdrama_worker.aws.store import Task
 from shortdrama_worker.contract import StoredResult
-from shortdrama_worker.results import ResultStore
-from shortdrama_worker.store import Task
 
 OBJECT_MARK = "$object"
 

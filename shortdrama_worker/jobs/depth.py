@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
+from shortdrama_worker.aws.queue import JobQueue, QueueError
 from shortdrama_worker.metrics import Metrics
-from shortdrama_worker.queue import JobQueue, QueueError
 from shortdrama_worker.settings import Resource, Settings
 
 POLL_S = 15.0

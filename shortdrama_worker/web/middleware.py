@@ -12,7 +12,7 @@ import structlog
 from aiohttp import web
 
 from shortdrama_worker import keys
-from shortdrama_worker.responses import error_response
+from shortdrama_worker.web.responses import error_response
 
 log = structlog.get_logger("shortdrama_worker.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

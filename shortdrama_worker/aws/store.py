@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shortdrama_worker.aws import error_code
+from shortdrama_worker.aws.clients import error_code
 
 Status = Literal["pending", "processing", "completed", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})

@@ -29,10 +29,10 @@ import yarl
 from botocore.exceptions import BotoCoreError, ClientError
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from shortdrama_worker.aws import error_code
+from shortdrama_worker.aws.clients import error_code
 from shortdrama_worker.contract import FetchedInput, Reference
 from shortdrama_worker.contract.errors import InputError, InputUnavailableError
-from shortdrama_worker.netguard import (
+from shortdrama_worker.inputs.netguard import (
     AddressPolicy,
     AddressRefused,
     UrlRefused,

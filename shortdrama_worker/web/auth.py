@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from shortdrama_worker import keys
-from shortdrama_worker.responses import error_response
 from shortdrama_worker.settings import ApiKeySettings
+from shortdrama_worker.web.responses import error_response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_KEY = web.RequestKey("api_key", ApiKeySettings)

@@ -32,11 +32,11 @@ from typing import Any
 
 import structlog
 
-from shortdrama_worker.localstate import StateDir, StateDirBusy
+from shortdrama_worker.aws.localstate import StateDir, StateDirBusy
 from shortdrama_worker.logconfig import configure_logging
 from shortdrama_worker.settings import LogSettings
 
-log = structlog.get_logger("shortdrama_worker.embedded")
+log = structlog.get_logger("shortdrama_worker.aws.embedded")
 
 
 def one_write_at_a_time(app: Any) -> Any:

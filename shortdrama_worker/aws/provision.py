@@ -11,7 +11,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from shortdrama_worker.aws import AwsClients, error_code
+from shortdrama_worker.aws.clients import AwsClients, error_code
 from shortdrama_worker.settings import RESOURCES, Resource, Settings
 
 

@@ -17,14 +17,14 @@ from typing import Any
 
 import structlog
 
-from shortdrama_worker.ledger import Ledger
+from shortdrama_worker.aws.queue import JobMessage, JobQueue, QueueError
+from shortdrama_worker.aws.store import StaleTransition, StoreError, Task, TaskStore
+from shortdrama_worker.jobs.ledger import Ledger
+from shortdrama_worker.jobs.outcomes import Decision, Disposition, Outcome, Write
+from shortdrama_worker.jobs.webhooks import WebhookSender
 from shortdrama_worker.metrics import Metrics
-from shortdrama_worker.outcomes import Decision, Disposition, Outcome, Write
-from shortdrama_worker.queue import JobMessage, JobQueue, QueueError
-from shortdrama_worker.store import StaleTransition, StoreError, Task, TaskStore
-from shortdrama_worker.webhooks import WebhookSender
 
-log = structlog.get_logger("shortdrama_worker.settle")
+log = structlog.get_logger("shortdrama_worker.jobs.settle")
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,11 @@ from collections.abc import Mapping
 
 import structlog
 
-from shortdrama_worker.queue import JobQueue, QueueError
+from shortdrama_worker.aws.queue import JobQueue, QueueError
+from shortdrama_worker.aws.store import StaleTransition, StoreError, TaskStore
 from shortdrama_worker.settings import Resource, Settings
-from shortdrama_worker.store import StaleTransition, StoreError, TaskStore
 
-log = structlog.get_logger("shortdrama_worker.reconcile")
+log = structlog.get_logger("shortdrama_worker.jobs.reconcile")
 
 
 class Reconciler:

@@ -14,8 +14,8 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+from shortdrama_worker.aws.store import Task
 from shortdrama_worker.contract import JobError, TransientJobError
-from shortdrama_worker.store import Task
 
 
 class Outcome(enum.StrEnum):

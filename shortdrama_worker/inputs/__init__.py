@@ -1,0 +1,1 @@
+"""Input references: fetching and decoding them, and the address guard for URLs clients chose."""
