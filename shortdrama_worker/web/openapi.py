@@ -98,6 +98,67 @@ def _close_pattern_keyed_maps(node: Any) -> None:
             _close_pattern_keyed_maps(value)
 
 
+_PREFER = {
+    "name": "Prefer",
+    "in": "header",
+    "required": False,
+    "description": "wait=N (RFC 7240): answer when the job has finished, or after N seconds "
+    "(at most api.max_wait_s) with the job as it is then.",
+    "schema": {"type": "string", "pattern": "^wait=[0-9]{1,4}$"},
+}
+
+
+def _listing_paths(id_param: list[dict[str, Any]]) -> dict[str, Any]:
+    """``GET /api/v1/jobs`` (newest first, filtered, paged) and one job's event stream."""
+    query = [
+        {"name": name, "in": "query", "required": False, "schema": schema, "description": text}
+        for name, schema, text in (
+            ("status", {"type": "string"}, "comma list: pending, processing, completed, …"),
+            ("kind", {"type": "string", "maxLength": 100}, "only jobs of this kind"),
+            ("since", {"type": "string"}, "epoch seconds or ISO 8601"),
+            ("until", {"type": "string"}, "epoch seconds or ISO 8601"),
+            ("limit", {"type": "integer", "minimum": 1, "maximum": 200}, "page size"),
+            ("cursor", {"type": "string"}, "next_cursor of the previous page, as it was"),
+        )
+    ]
+    listing = {
+        "get": {
+            "operationId": "list_jobs",
+            "summary": "Jobs, newest first (the caller's own unless its key may read all)",
+            "parameters": query,
+            "responses": {
+                "200": {
+                    "description": "One page: jobs and next_cursor (null on the last page)",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "400": _err("A filter or the cursor cannot be read"),
+            },
+        }
+    }
+    events: dict[str, Any] = {
+        "parameters": id_param,
+        "get": {
+            "operationId": "job_events",
+            "summary": "Server-sent events: the job's status and progress until it ends",
+            "responses": {
+                "200": {
+                    "description": "text/event-stream of job views",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                "404": _err("Unknown job"),
+            },
+        },
+    }
+    return {
+        "/api/v1/jobs": listing,
+        "/api/v1/jobs/{job_id}/events": events,
+        "/api/v1/tasks/{job_id}/events": {
+            **events,
+            "get": {**events["get"], "operationId": "task_events"},
+        },
+    }
+
+
 def build_openapi(registry: HandlerRegistry) -> dict[str, Any]:
     """An OpenAPI 3.1 document for the job API with one submit path per handler."""
     schemas: dict[str, Any] = {"Error": _ERROR, "Accepted": _ACCEPTED, "Job": _JOB}
@@ -125,6 +186,7 @@ def build_openapi(registry: HandlerRegistry) -> dict[str, Any]:
                         "pattern": "^[ -~]+$",
                     },
                 },
+                _PREFER,
             ],
             "requestBody": {
                 "required": True,
@@ -140,10 +202,17 @@ def build_openapi(registry: HandlerRegistry) -> dict[str, Any]:
                         "application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}
                     },
                 },
-                "400": _err("Malformed JSON"),
+                "200": {
+                    "description": "Finished within the wait asked for with Prefer: wait=N "
+                    "(header Preference-Applied): the job as GET returns it.",
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Job"}}
+                    },
+                },
+                "400": _err("Malformed JSON, or a multipart form that cannot be read"),
                 "408": _err("Body not received within api.body_timeout_s"),
                 "413": _err("Body too large"),
-                "415": _err("Content-Type is not application/json"),
+                "415": _err("Content-Type is not application/json or multipart/form-data"),
                 "422": _err("Invalid input; one entry per field"),
                 "429": _err(
                     "A per-key limit (rate, concurrency, jobs or spend per day) refused the "
@@ -163,6 +232,7 @@ def build_openapi(registry: HandlerRegistry) -> dict[str, Any]:
             "get": {
                 "operationId": f"get_{prefix}",
                 "summary": "Job status and result",
+                "parameters": [_PREFER],
                 "responses": {
                     "200": {"description": "The job", **job_ref},
                     "404": _err("Unknown job"),
@@ -178,6 +248,7 @@ def build_openapi(registry: HandlerRegistry) -> dict[str, Any]:
                 },
             },
         }
+    paths.update(_listing_paths(id_param))
     simple = {
         "200": {
             "description": "OK",
