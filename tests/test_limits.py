@@ -187,8 +187,19 @@ async def test_a_slot_whose_release_was_lost_is_repaired(
     accepted = check_refusals(answers, "concurrency")
     assert len(accepted) == 2
     await all_completed(client, accepted)
-    item = await aws.dynamodb.get_item(TableName=table, Key=live, ConsistentRead=True)
-    assert item["Item"]["jobs"]["M"] == {}
+
+    async def slots_held() -> dict[str, Any]:
+        item = await aws.dynamodb.get_item(TableName=table, Key=live, ConsistentRead=True)
+        held: dict[str, Any] = item["Item"]["jobs"]["M"]
+        return held
+
+    # A slot is freed just after its job's record says completed.
+    await eventually(lambda: slots_held_empty(slots_held), timeout=10, what="every slot freed")
+    assert await slots_held() == {}
+
+
+async def slots_held_empty(read: Any) -> bool:
+    return await read() == {}
 
 
 async def test_counter_items_are_not_jobs(make_settings: Any, start_app: Any) -> None:
