@@ -342,12 +342,13 @@ async def _reconciler(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _queue_depth(app: web.Application) -> AsyncIterator[None]:
-    """Exports the depth of the queues this instance consumes, and their DLQs."""
+    """Exports the depth of the queues of installed kinds, their DLQs, and which are consumed."""
     settings = app[keys.SETTINGS]
+    served = sorted({spec.resource for spec in app[keys.REGISTRY]})
     consumed = _consumed(settings, app[keys.READINESS])
-    exporter = QueueDepthExporter(settings, app[keys.QUEUE], app[keys.METRICS], consumed)
+    exporter = QueueDepthExporter(settings, app[keys.QUEUE], app[keys.METRICS], served, consumed)
     app[keys.DEPTH] = exporter
-    if not consumed:
+    if not served:
         yield
         return
     async with _background(exporter.run(), "queue-depth"):

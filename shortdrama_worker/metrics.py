@@ -149,6 +149,12 @@ class Metrics:
             ["queue"],
             registry=r,
         )
+        self.queue_consumed = Gauge(
+            "shortdrama_queue_consumed",
+            "1 for a queue this instance consumes, 0 for one it accepts jobs for but does not.",
+            ["queue"],
+            registry=r,
+        )
         self.provider_requests = Histogram(
             "shortdrama_provider_request_duration_seconds",
             "Calls to external providers (ComfyUI, DashScope, ARK) by status class.",

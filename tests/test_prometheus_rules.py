@@ -71,6 +71,7 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
         "ShortdramaInstanceDown",
         "ShortdramaDeadLetterQueueNotEmpty",
         "ShortdramaBacklogStalled",
+        "ShortdramaQueueNotConsumed",
         "ShortdramaFailureRatioHigh",
         "ShortdramaGpuIdleWithBacklog",
         "ShortdramaJobDurationP95OverBudget",
@@ -128,6 +129,7 @@ def test_real_prometheus_loads_the_rules_and_relabels_instances(
     metrics.job_duration.labels("face_mask", "completed").observe(0.4)
     metrics.queue_depth.labels("gpu_tasks_queue").set(5)
     metrics.queue_depth.labels("gpu_tasks_queue_dlq").set(1)
+    metrics.queue_consumed.labels("gpu_tasks_queue").set(1)
     metrics.gpu_slots.set(1)
 
     # The example config as shipped, pointed at the stand-ins: its relabelling

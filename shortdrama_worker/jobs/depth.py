@@ -13,7 +13,13 @@ POLL_S = 15.0
 
 
 class QueueDepthExporter:
-    """Polls the depth of each consumed queue and its DLQ; ``depths`` keeps the last."""
+    """Polls the depth of each queue of an installed kind and its DLQ; ``depths`` keeps the last.
+
+    Queues this instance accepts jobs for but does not consume are polled too,
+    and ``shortdrama_queue_consumed`` says which are which: a backlog on a queue
+    that no instance consumes is then visible to an alert, since the instances
+    that consume a queue cannot report one that nobody consumes.
+    """
 
     def __init__(
         self,
@@ -21,12 +27,18 @@ class QueueDepthExporter:
         queue: JobQueue,
         metrics: Metrics,
         resources: Iterable[Resource],
+        consumed: Iterable[Resource],
     ) -> None:
         self.settings = settings
         self.queue = queue
         self.metrics = metrics
         self.resources = list(resources)
+        self.consumed = [r for r in self.resources if r in set(consumed)]
         self.depths: dict[str, int] = {}
+        # Fixed for the life of the process: set once, before the first poll.
+        for resource in self.resources:
+            consumed_here = 1 if resource in self.consumed else 0
+            metrics.queue_consumed.labels(settings.queue_name(resource)).set(consumed_here)
 
     async def poll_once(self) -> None:
         for resource in self.resources:

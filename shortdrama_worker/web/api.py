@@ -21,6 +21,7 @@ from shortdrama_worker.jobs.outcomes import CancelReason
 from shortdrama_worker.jobs.submission import Request, SubmitError
 from shortdrama_worker.jobs.view import job_view, render_job
 from shortdrama_worker.plugins import HandlerSpec, unknown_kind_message
+from shortdrama_worker.settings import Resource
 from shortdrama_worker.web.auth import REQUEST_KEY
 from shortdrama_worker.web.openapi import build_openapi
 from shortdrama_worker.web.responses import error_response
@@ -213,7 +214,33 @@ async def health(request: web.Request) -> web.Response:
     body: dict[str, Any] = {"status": status, "checks": checks}
     if details:
         body["details"] = {name: "; ".join(texts) for name, texts in details.items()}
+    if notes := _unconsumed_queues(app):
+        body["notes"] = notes
     return web.json_response(body)
+
+
+def _unconsumed_queues(app: web.Application) -> dict[str, str]:
+    """Queues this instance accepts jobs for but does not consume, in words.
+
+    Notes, not checks: an API-only instance split from its workers is healthy,
+    and only the alert ``ShortdramaQueueNotConsumed``, which sees every
+    instance, can tell whether some other instance consumes the queue.
+    """
+    consumer = app[keys.CONSUMER]
+    consumed = set(consumer.resources) if consumer is not None else set()
+    settings = app[keys.SETTINGS]
+    kinds: dict[Resource, list[str]] = {}
+    for spec in app[keys.REGISTRY]:
+        if spec.resource not in consumed:
+            kinds.setdefault(spec.resource, []).append(spec.kind)
+    return {
+        f"queue:{resource}": (
+            f"not consumed here: jobs of {', '.join(sorted(names))} wait in "
+            f"{settings.queue_name(resource)} for an instance whose consumer.consume "
+            f"includes {resource!r}"
+        )
+        for resource, names in sorted(kinds.items())
+    }
 
 
 @runtime_checkable
