@@ -167,3 +167,9 @@ async def test_each_key_lists_its_own_jobs_unless_it_may_read_all(
         lists[name] = {j["job_id"] for j in (await resp.json())["jobs"]}
     assert lists == {"alice": {mine}, "bob": {theirs}, "ops": {mine, theirs}}
     assert (await api.get("/api/v1/jobs")).status == 401
+
+
+async def test_an_unknown_or_misspelt_filter_is_a_400_naming_it(api: Any) -> None:
+    resp = await api.get("/api/v1/jobs?stauts=failed")
+    assert resp.status == 400
+    assert "'stauts'" in (await resp.json())["error"]["message"]

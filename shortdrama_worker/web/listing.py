@@ -51,8 +51,18 @@ class JobQuery:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+_PARAMETERS = frozenset({"status", "kind", "since", "until", "limit", "cursor"})
+
+
 def parse_query(params: Any, submitted_by: str | None) -> JobQuery:
     """Read ``status``, ``kind``, ``since``, ``until`` and ``limit`` from the query string."""
+    unknown = sorted(set(params) - _PARAMETERS)
+    if unknown:
+        # Strict at the edge, as submit is: a misspelt filter must not list everything.
+        raise ListingError(
+            f"unknown query parameter {', '.join(repr(u) for u in unknown)}; "
+            f"use {', '.join(sorted(_PARAMETERS))}"
+        )
     statuses = _statuses(params)
     kind = params.get("kind") or None
     if kind is not None and len(kind) > 100:

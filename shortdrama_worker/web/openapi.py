@@ -103,8 +103,9 @@ _PREFER = {
     "in": "header",
     "required": False,
     "description": "wait=N (RFC 7240): answer when the job has finished, or after N seconds "
-    "(at most api.max_wait_s) with the job as it is then.",
-    "schema": {"type": "string", "pattern": "^wait=[0-9]{1,4}$"},
+    "(at most api.max_wait_s) with the job as it is then. Other preferences are ignored, "
+    "as RFC 7240 asks.",
+    "schema": {"type": "string"},
 }
 
 
