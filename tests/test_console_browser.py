@@ -55,6 +55,7 @@ def browser() -> Iterator[Any]:
 
 def run_console(driver: Any, base: str, key: str, slow_job: str) -> None:
     """The user's side, in selenium's blocking API (run in a thread)."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -77,12 +78,24 @@ def run_console(driver: Any, base: str, key: str, slow_job: str) -> None:
     wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#job-detail .status.completed")))
     result = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "img.result-image")))
     wait.until(lambda d: d.execute_script("return arguments[0].naturalWidth", result) > 0)
+    # The signed result's Content Credentials are named on the job page.
+    detail = driver.find_element(By.ID, "job-detail").text
+    assert "Content Credentials" in detail and "urn:" in detail
 
     # The list shows it with its thumbnails; cancel the slow job from there.
     driver.find_element(By.ID, "nav-jobs").click()
     thumb = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "img.result-thumb")))
     wait.until(lambda d: d.execute_script("return arguments[0].naturalWidth", thumb) > 0)
-    driver.find_element(By.CSS_SELECTOR, f"tr.job[data-id='{slow_job}'] button.cancel").click()
+    # The list re-renders as jobs change: a row found a moment ago may be replaced
+    # before the click lands, so the click is retried on a fresh row.
+    def click_cancel(d: Any) -> bool:
+        try:
+            d.find_element(By.CSS_SELECTOR, f"tr.job[data-id='{slow_job}'] button.cancel").click()
+        except StaleElementReferenceException:
+            return False
+        return True
+
+    wait.until(click_cancel)
     wait.until(
         lambda d: d.find_elements(
             By.CSS_SELECTOR, f"tr.job[data-id='{slow_job}'][data-status='cancelled']"
@@ -96,7 +109,7 @@ def run_console(driver: Any, base: str, key: str, slow_job: str) -> None:
     )
     # docs/console.png is this picture; it is rewritten only when asked, so a
     # test run leaves the checkout as it was.
-    if os.environ.get("SHORTDRAMA_UPDATE_SCREENSHOTS"):
+    if os.environ.get("UPDATE_SCREENSHOTS"):
         driver.save_screenshot(str(REPO / "docs" / "console.png"))
     else:
         assert driver.get_screenshot_as_png().startswith(b"\x89PNG")

@@ -44,7 +44,7 @@ function el(tag, attrs = {}, ...children) {
     else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
     else node.setAttribute(name, value === true ? "" : value);
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined) continue;
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -182,6 +182,8 @@ function renderJob(job) {
         ["Created", new Date(job.created_at * 1000).toLocaleString()],
         ["Updated", new Date(job.updated_at * 1000).toLocaleString()],
         ["Waited in queue", seconds(t.queued_s)], ["Ran", seconds(t.run_s)], ["Total", seconds(t.total_s)],
+        // The signed Content Credentials of the result (verify: shortdrama-worker verify FILE).
+        ["Content Credentials", job.manifest_id || "—"],
       ]),
       job.error ? el("p", { class: "error-box" }, `${job.error.code}: ${job.error.message}`) : ""),
     el("div", { class: "card" }, el("h2", {}, "Inputs"),

@@ -190,6 +190,19 @@ async def list_handlers(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     app = request.app
+    checks = await _dependency_checks(app)
+    details = await _handler_checks(app, checks)
+    status = "healthy" if all(v == "healthy" for v in checks.values()) else "degraded"
+    body: dict[str, Any] = {"status": status, "checks": checks}
+    if details:
+        body["details"] = details
+    if notes := _unconsumed_queues(app):
+        body["notes"] = notes
+    return web.json_response(body)
+
+
+async def _dependency_checks(app: web.Application) -> dict[str, str]:
+    """The task store, and SQS as the last poll found it."""
     checks: dict[str, str] = {}
     try:
         await app[keys.STORE].get("__health__")
@@ -199,6 +212,11 @@ async def health(request: web.Request) -> web.Response:
     consumer = app[keys.CONSUMER]
     if consumer is not None and consumer.resources:
         checks["sqs"] = "degraded" if consumer.last_poll_ok is False else "healthy"
+    return checks
+
+
+async def _handler_checks(app: web.Application, checks: dict[str, str]) -> dict[str, str]:
+    """Each handler's named checks merged into ``checks`` (degraded wins); what they explain."""
     details: dict[str, list[str]] = {}
     for kind, handler in app[keys.HANDLERS].items():
         try:
@@ -210,13 +228,7 @@ async def health(request: web.Request) -> web.Response:
         except Exception as exc:
             log.warning("health_check_failed", kind=kind, error=str(exc))
             checks[kind] = "degraded"
-    status = "healthy" if all(v == "healthy" for v in checks.values()) else "degraded"
-    body: dict[str, Any] = {"status": status, "checks": checks}
-    if details:
-        body["details"] = {name: "; ".join(texts) for name, texts in details.items()}
-    if notes := _unconsumed_queues(app):
-        body["notes"] = notes
-    return web.json_response(body)
+    return {name: "; ".join(texts) for name, texts in details.items() if texts}
 
 
 def _unconsumed_queues(app: web.Application) -> dict[str, str]:
