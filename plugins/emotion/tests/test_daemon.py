@@ -3,6 +3,7 @@ and runs its jobs through the same API, queue, store and metrics as its own."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -60,12 +61,17 @@ async def test_voice_emotion_reads_mp3(client: Any, speech: dict[str, bytes]) ->
     assert set(result["features"]) >= {"pitch_range_semitones", "loudness_dbfs"}
 
 
-async def test_an_image_sent_as_audio_fails_naming_the_field(client: Any) -> None:
-    png = audio_uri(png_uri(Image.new("RGB", (8, 8))).encode(), "audio/wav")
-    job = await run_job(client, "voice-emotion", {"audio_url": png})
-    assert job["status"] == "failed"
-    assert job["error_message"].startswith("audio_url: is ")
-    assert "expected audio/wav, audio/mpeg" in job["error_message"]
+async def test_an_image_sent_as_audio_is_refused_at_submit_naming_the_field(client: Any) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="PNG")
+    # A PNG labelled audio/wav: the host sniffs the bytes against the field's types.
+    resp = await client.post(
+        "/api/v1/voice-emotion/jobs", json={"audio_url": audio_uri(buffer.getvalue())}
+    )
+    assert resp.status == 422
+    error = (await resp.json())["error"]
+    assert error["fields"][0]["field"] == "audio_url"
+    assert error["message"] == "audio_url: is image/png; expected audio/wav, audio/mpeg"
 
 
 async def test_text_sentiment_detects_chinese(client: Any) -> None:
