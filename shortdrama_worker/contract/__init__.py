@@ -30,7 +30,7 @@ from shortdrama_worker.contract.handler import (
     HandlerInput,
     NoSettings,
 )
-from shortdrama_worker.contract.sniff import sniff_content_type
+from shortdrama_worker.contract.sniff import check_file, sniff_content_type
 from shortdrama_worker.contract.values import (
     Consent,
     DigitalSourceType,
@@ -69,6 +69,7 @@ __all__ = [
     "Resource",
     "StoredResult",
     "TransientJobError",
+    "check_file",
     "file_ref",
     "iter_references",
     "order_faces",

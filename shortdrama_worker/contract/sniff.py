@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from shortdrama_worker.contract.errors import InputError
+
 _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", 0, "image/png"),
     (b"\xff\xd8\xff", 0, "image/jpeg"),
@@ -32,3 +36,22 @@ def sniff_content_type(data: bytes) -> str | None:
     if len(data) >= 2 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0 and data[1] & 0x06:
         return "audio/mpeg"
     return None
+
+
+def check_file(
+    data: bytes, *, field: str, accept: Sequence[str], max_bytes: int | None = None
+) -> str:
+    """The sniffed type of a file for ``field``; ``InputError`` if too large or not in ``accept``.
+
+    The one rule for file references, applied at submit (inline values), when a
+    job fetches one, and by the testing kit.
+    """
+    if max_bytes is not None and len(data) > max_bytes:
+        raise InputError(field, f"larger than {max_bytes} bytes", code="input_too_large")
+    sniffed = sniff_content_type(data)
+    if sniffed is None or sniffed not in accept:
+        what = sniffed or "not a format this server recognises"
+        raise InputError(
+            field, f"is {what}; expected {', '.join(accept)}", code="unsupported_format"
+        )
+    return sniffed

@@ -39,7 +39,7 @@ from shortdrama_worker.contract.context import PluginMetrics
 from shortdrama_worker.contract.errors import InputError
 from shortdrama_worker.contract.fields import IMAGE_TYPES
 from shortdrama_worker.contract.handler import Handler, HandlerEnv
-from shortdrama_worker.contract.sniff import sniff_content_type
+from shortdrama_worker.contract.sniff import check_file
 from shortdrama_worker.contract.values import FaceBox, FetchedInput, Provenance, StoredResult
 
 SettingsT = TypeVar("SettingsT", bound=BaseModel)
@@ -171,14 +171,7 @@ class FakeJobContext:
     ) -> FetchedInput:
         fetched = await self._fetch(ref, field)
         limit = max_bytes or self.max_bytes
-        if len(fetched.data) > limit:
-            raise InputError(field, f"larger than {limit} bytes", code="input_too_large")
-        sniffed = sniff_content_type(fetched.data)
-        if sniffed not in accept:
-            what = sniffed or "an unrecognised format"
-            raise InputError(
-                field, f"is {what}; expected {', '.join(accept)}", code="unsupported_format"
-            )
+        sniffed = check_file(fetched.data, field=field, accept=accept, max_bytes=limit)
         return FetchedInput(fetched.data, sniffed, fetched.source)
 
     async def fetch_image(

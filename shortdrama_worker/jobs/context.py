@@ -15,11 +15,11 @@ from shortdrama_worker.aws.store import StaleTransition, StoreError, Task, TaskS
 from shortdrama_worker.contract import (
     FaceBox,
     FetchedInput,
-    InputError,
     PermanentJobError,
     Provenance,
     StoredResult,
     TransientJobError,
+    check_file,
     sniff_content_type,
 )
 from shortdrama_worker.faces.boxes import FaceDetector
@@ -114,14 +114,7 @@ class RunContext:
             ref, field=field, kind="file"
         )
         limit = max_bytes or self._fetcher.settings.max_bytes
-        if len(fetched.data) > limit:
-            raise InputError(field, f"larger than {limit} bytes", code="input_too_large")
-        sniffed = sniff_content_type(fetched.data)
-        if sniffed not in accept:
-            what = sniffed or "not a format this server recognises"
-            raise InputError(
-                field, f"is {what}; expected {', '.join(accept)}", code="unsupported_format"
-            )
+        sniffed = check_file(fetched.data, field=field, accept=accept, max_bytes=limit)
         self.metrics.observe_phase(self.kind, "fetch", time.monotonic() - started)
         self.inputs[slot] = InputRecord(field, fetched.data, sniffed)
         return FetchedInput(fetched.data, sniffed, fetched.source)

@@ -38,6 +38,7 @@ from shortdrama_worker.contract import (
     FetchedInput,
     FoundReference,
     InputError,
+    check_file,
     iter_references,
     sniff_content_type,
 )
@@ -271,18 +272,14 @@ class Submitter:
         reference = found.reference
         max_bytes = min(reference.max_bytes or limits.max_bytes, limits.max_bytes)
         fetched = parse_data_uri(found.value, found.field, max_bytes, kind=reference.kind)
-        sniffed = sniff_content_type(fetched.data)
         if reference.kind == "image":
             probe_image(fetched.data, found.field, limits.max_pixels)
-            sniffed = sniffed if sniffed in IMAGE_TYPES else fetched.content_type
-        elif sniffed not in reference.accept:
-            what = sniffed or "not a format this server recognises"
-            raise InputError(
-                found.field,
-                f"is {what}; expected {', '.join(reference.accept)}",
-                code="unsupported_format",
-            )
-        return FetchedInput(fetched.data, sniffed, fetched.source)
+            sniffed = sniff_content_type(fetched.data)
+            content_type = sniffed if sniffed in IMAGE_TYPES else fetched.content_type
+        else:
+            # The size was bounded by parse_data_uri; the type is the file rule's.
+            content_type = check_file(fetched.data, field=found.field, accept=reference.accept)
+        return FetchedInput(fetched.data, content_type, fetched.source)
 
     async def _may_reference(self, obj: S3Object, key: ApiKeySettings | None) -> bool:
         """A results-bucket object is readable by the keys that may read its job."""
