@@ -6,7 +6,9 @@ The daemon is started exactly as ``make run`` starts it (``config/local.toml``:
 moto embedded in the daemon, journaled to a state directory, the local
 detector), on free ports and a fresh state directory, in its own process. 16
 submitters (in this process) post ``examples/face.png`` as a ``data:`` URI with
-``Prefer: wait=60`` and wait for the result, one job after another each. The
+``Prefer: wait=60`` and wait for the result, one job after another each. Every
+request's PNG differs in one ``tEXt`` chunk (same pixels), so the result reuse
+cache answers none of them. The
 same run is made against the baseline: the package as it was at
 ``--baseline-ref`` (``git archive`` into a temporary folder, put first on
 ``PYTHONPATH``), so both figures come from the same machine in the same minute.
@@ -33,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,13 +170,34 @@ async def one_job(http: aiohttp.ClientSession, api: str, body: bytes) -> tuple[b
     return job["status"] == "completed", time.perf_counter() - started
 
 
-async def drive(api: str, pid: int, body: bytes, jobs: int, submitters: int) -> Outcome:
+def distinct_bodies(image: bytes, count: int) -> list[bytes]:
+    """``count`` request bodies whose PNGs decode to the same pixels but differ in bytes.
+
+    Each carries its own ``tEXt`` chunk after ``IHDR``, so no job is answered from
+    the result reuse cache (an identical request would be) and every one is run.
+    """
+    if image[:8] != b"\x89PNG\r\n\x1a\n":
+        raise SystemExit("--image must be a PNG")
+    ihdr_end = 8 + 4 + 4 + int.from_bytes(image[8:12], "big") + 4
+    bodies = []
+    for index in range(count):
+        data = b"bench\x00" + str(index).encode()
+        chunk = len(data).to_bytes(4, "big") + b"tEXt" + data
+        chunk += zlib.crc32(b"tEXt" + data).to_bytes(4, "big")
+        png = image[:ihdr_end] + chunk + image[ihdr_end:]
+        uri = "data:image/png;base64," + base64.b64encode(png).decode()
+        bodies.append(json.dumps({"image_url": uri}).encode())
+    return bodies
+
+
+async def drive(api: str, pid: int, bodies: list[bytes], jobs: int, submitters: int) -> Outcome:
     connector = aiohttp.TCPConnector(limit=submitters * 2)
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
         await wait_ready(http, api)
         # Warm-up: the detector's networks load per worker thread on first use.
-        await asyncio.gather(*(one_job(http, api, body) for _ in range(submitters)))
+        unused = iter(bodies)
+        await asyncio.gather(*(one_job(http, api, next(unused)) for _ in range(submitters)))
         left = jobs
         latencies: list[float] = []
         failed = 0
@@ -182,7 +206,7 @@ async def drive(api: str, pid: int, body: bytes, jobs: int, submitters: int) -> 
             nonlocal left, failed
             while left > 0:
                 left -= 1
-                ok, seconds = await one_job(http, api, body)
+                ok, seconds = await one_job(http, api, next(unused))
                 latencies.append(seconds)
                 failed += not ok
 
@@ -195,7 +219,7 @@ async def drive(api: str, pid: int, body: bytes, jobs: int, submitters: int) -> 
 
 
 def run_variant(
-    label: str, pythonpath: Path | None, args: argparse.Namespace, body: bytes
+    label: str, pythonpath: Path | None, args: argparse.Namespace, bodies: list[bytes]
 ) -> Outcome:
     with tempfile.TemporaryDirectory(prefix="facemask-e2e-") as tmp:
         work = Path(tmp)
@@ -203,7 +227,7 @@ def run_variant(
         with daemon(pythonpath, work, profile) as (api, pid):
             time.sleep(0.5)
             outcome = asyncio.run(
-                drive(api, worker_pid(pid, profile is not None), body, args.jobs, args.submitters)
+                drive(api, worker_pid(pid, profile is not None), bodies, args.jobs, args.submitters)
             )
         if profile is not None and profile.exists():
             print(f"\n-- profile: {label} --")
@@ -254,15 +278,14 @@ def main() -> None:
     args = parser.parse_args()
 
     image = Path(args.image).read_bytes()
-    uri = "data:image/png;base64," + base64.b64encode(image).decode()
-    body = json.dumps({"image_url": uri}).encode()
+    bodies = distinct_bodies(image, args.jobs + args.submitters)
     variants: list[tuple[str, Path | None]] = []
     with tempfile.TemporaryDirectory(prefix="facemask-base-") as base_dir:
         base = None if args.no_baseline else baseline_tree(args.baseline_ref, Path(base_dir))
         if base is not None:
             variants.append((f"baseline ({args.baseline_ref})", base))
         variants.append(("ours", None))
-        results = [run_variant(label, path, args, body) for label, path in variants]
+        results = [run_variant(label, path, args, bodies) for label, path in variants]
 
     print(
         f"face_mask end to end, embedded default (config/local.toml), {platform.machine()}, "
@@ -271,7 +294,7 @@ def main() -> None:
     print(
         f"{args.submitters} submitters, {args.jobs} jobs each variant, "
         f"{Path(args.image).name} ({len(image) / 1e6:.2f} MB) as a data: URI "
-        f"({len(body) / 1e6:.2f} MB body)"
+        f"({len(bodies[0]) / 1e6:.2f} MB body), each PNG with its own tEXt chunk (no reuse)"
     )
     print(
         f"{'variant':<22}{'jobs/s':>8}{'p50 ms':>10}{'p99 ms':>10}{'CPU/job ms':>12}{'failed':>8}"

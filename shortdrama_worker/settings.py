@@ -159,6 +159,12 @@ class ConsumerSettings(Section):
     cancel_poll_s: float = Field(default=2.0, gt=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     progress_min_interval_s: float = Field(default=1.0, ge=0)
+    progress_delay_s: float = Field(
+        default=0.5,
+        ge=0,
+        description="Progress reported in an attempt's first N seconds is written once, at N s "
+        "(the latest value); an attempt that ends sooner writes none, its completion says it all.",
+    )
     reconcile_interval_s: float = Field(
         default=300.0, ge=0, description="How often to look for orphaned jobs; 0 turns it off."
     )

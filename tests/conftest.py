@@ -83,6 +83,7 @@ def make_settings(
                 "cancel_poll_s": 0.2,
                 "shutdown_grace_s": 2.0,
                 "progress_min_interval_s": 0.0,
+                "progress_delay_s": 0.0,
             },
             # Test image servers listen on loopback, which production refuses.
             "inputs": {"allow_http": True, "timeout_s": 3.0, "allow_networks": ["127.0.0.0/8"]},

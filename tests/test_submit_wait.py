@@ -8,10 +8,14 @@ import time
 from typing import Any
 
 import pytest
+from fakes.comfyui import png_bytes
 from support import ScriptedHandler, eventually, submit, wait_for
 
 from shortdrama_worker import keys
+from shortdrama_worker.contract.testing import data_uri
 from shortdrama_worker.plugins import HandlerRegistry
+
+IMAGE = data_uri(png_bytes(5))
 
 
 def registry() -> HandlerRegistry:
@@ -149,3 +153,51 @@ async def test_event_stream_reports_progress_and_ends_at_the_terminal_status(
 async def test_event_stream_of_an_unknown_job_is_404(started: Any) -> None:
     _, api = started
     assert (await api.get("/api/v1/jobs/nope/events")).status == 404
+
+
+def _counting_progress(app: Any) -> list[tuple[str, str | None]]:
+    """Every progress write the store is asked for, as (job id, stage)."""
+    store = app[keys.STORE]
+    writes: list[tuple[str, str | None]] = []
+    set_progress = store.set_progress
+
+    async def counting(task_id: str, owner: str, percent: float, stage: str | None) -> Any:
+        writes.append((task_id, stage))
+        return await set_progress(task_id, owner, percent, stage)
+
+    store.set_progress = counting
+    return writes
+
+
+async def test_a_short_job_writes_no_progress_its_completion_says_it_all(
+    make_settings: Any, start_app: Any
+) -> None:
+    settings = make_settings(consumer={"progress_delay_s": 30.0}, api={"max_wait_s": 10})
+    app, api = await start_app(settings, registry())
+    writes = _counting_progress(app)
+    resp = await api.post(
+        "/api/v1/scripted/jobs", json={"image_url": IMAGE}, headers={"Prefer": "wait=10"}
+    )
+    job = await resp.json()
+    assert job["status"] == "completed" and job["progress"] == 100
+    assert writes == []  # "fetched" was reported, held back, and dropped at the end
+    await asyncio.sleep(0.2)
+    assert writes == []  # never written after the completion either
+
+
+async def test_progress_of_a_longer_job_is_written_once_the_quiet_spell_ends(
+    make_settings: Any, start_app: Any
+) -> None:
+    settings = make_settings(consumer={"progress_delay_s": 0.2}, api={"max_wait_s": 10})
+    app, api = await start_app(settings, registry())
+    writes = _counting_progress(app)
+    job_id = await submit(api, "scripted", {"image_url": IMAGE, "sleep_s": 1.5})
+    await eventually(lambda: bool(writes), timeout=5, what="the held progress written")
+    running = await (await api.get(f"/api/v1/jobs/{job_id}")).json()
+    assert (running["status"], running["stage"], running["progress"]) == (
+        "processing",
+        "fetched",
+        10,
+    )
+    assert (await wait_for(api, job_id))["status"] == "completed"
+    assert writes == [(job_id, "fetched")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -51,6 +52,7 @@ class RunContext:
         fetcher: InputFetcher,
         gpu_slots: GpuSlots,
         progress_interval_s: float,
+        progress_delay_s: float = 0.0,
         faces: FaceDetector | None = None,
         credentials: ContentCredentials | None = None,
         provenance: Provenance | None = None,
@@ -71,6 +73,11 @@ class RunContext:
         self._faces = faces
         self._last_progress = 0.0
         self._last_stage: str | None = None
+        self._quiet_until = time.monotonic() + progress_delay_s
+        self._held: tuple[float, str | None] | None = None
+        """Progress reported while quiet, written when the quiet spell ends."""
+        self._flush: asyncio.Task[None] | None = None
+        self._writing = asyncio.Lock()  # so a held value never lands after a newer one
         self.primary: StoredResult | None = None
         self.stored: list[StoredResult] = []
         self._credentials = credentials
@@ -208,6 +215,31 @@ class RunContext:
 
     async def progress(self, percent: float, stage: str | None = None) -> None:
         now = time.monotonic()
+        if now < self._quiet_until:
+            # A short job's stages would cost a store write each and be read by no
+            # one: hold the latest and write it once the attempt has run a while.
+            kept = self._held[1] if self._held is not None else None
+            self._held = (percent, stage if stage is not None else kept)
+            if self._flush is None:
+                self._flush = asyncio.create_task(self._write_held(self._quiet_until - now))
+            return
+        self._held = None  # superseded
+        await self._record(now, percent, stage)
+
+    async def _write_held(self, after_s: float) -> None:
+        await asyncio.sleep(after_s)
+        held, self._held = self._held, None
+        if held is not None:
+            await self._record(time.monotonic(), *held)
+
+    async def stop_progress(self) -> None:
+        """The attempt is over: progress held back is dropped, never written after it."""
+        flush, self._flush = self._flush, None
+        if flush is not None:
+            flush.cancel()
+            await asyncio.gather(flush, return_exceptions=True)
+
+    async def _record(self, now: float, percent: float, stage: str | None) -> None:
         same_stage = stage is None or stage == self._last_stage
         if percent < 100 and same_stage and now - self._last_progress < self._progress_interval:
             # Progress is advisory; the store is not a message bus. A new stage
@@ -217,9 +249,10 @@ class RunContext:
         if stage is not None:
             self._last_stage = stage
         try:
-            await self._store.set_progress(
-                self.job_id, self._owner, max(0.0, min(100.0, percent)), stage
-            )
+            async with self._writing:
+                await self._store.set_progress(
+                    self.job_id, self._owner, max(0.0, min(100.0, percent)), stage
+                )
         except (StoreError, StaleTransition) as exc:
             self.log.warning("progress_not_recorded", error=str(exc))
 

@@ -220,6 +220,7 @@ class JobRunner:
         try:
             job.run = asyncio.create_task(self._invoke(handler, spec.cls.timeout_s, task, ctx))
             attempt = await self._attempt(job)
+            await ctx.stop_progress()
             # Stop the heartbeat before the outcome's own visibility change, so a
             # late heartbeat cannot undo a hand-back (0 s) or a backoff.
             heartbeat.cancel()
@@ -310,6 +311,7 @@ class JobRunner:
             fetcher=self.fetcher,
             gpu_slots=self.gates.gpu,
             progress_interval_s=self.settings.consumer.progress_min_interval_s,
+            progress_delay_s=self.settings.consumer.progress_delay_s,
             faces=self.faces,
             credentials=self.credentials,
             provenance=handler.provenance,
