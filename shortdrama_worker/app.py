@@ -26,7 +26,7 @@ from shortdrama_worker.aws.embedded import embedded_aws
 from shortdrama_worker.aws.provision import provision
 from shortdrama_worker.aws.queue import JobQueue
 from shortdrama_worker.aws.results import ResultStore
-from shortdrama_worker.aws.store import TaskStore
+from shortdrama_worker.aws.store import Task, TaskStore
 from shortdrama_worker.contract import HandlerEnv
 from shortdrama_worker.faces.boxes import FaceDetector
 from shortdrama_worker.faces.local import LocalFaceDetector
@@ -204,7 +204,13 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _watch(app: web.Application) -> AsyncIterator[None]:
-    watch = JobWatch(app[keys.STORE])
+    solo = app[keys.SETTINGS].local.embedded_aws  # its store is this process's own
+
+    def local(task: Task) -> bool:
+        runner = app.get(keys.RUNNER)
+        return solo or (runner is not None and task.task_id in runner.running)
+
+    watch = JobWatch(app[keys.STORE], local=local)
     app[keys.WATCH] = watch
 
     async def end_waits(_: web.Application) -> None:

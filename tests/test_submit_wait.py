@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -201,3 +202,26 @@ async def test_progress_of_a_longer_job_is_written_once_the_quiet_spell_ends(
     )
     assert (await wait_for(api, job_id))["status"] == "completed"
     assert writes == [(job_id, "fetched")]
+
+
+async def test_a_wait_on_a_job_running_here_is_woken_by_its_writes_not_by_rereads(
+    make_settings: Any, start_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, api = await start_app(make_settings(api={"max_wait_s": 10}), registry())
+    job_id = await submit(api, "scripted", {"sleep_s": 1.5})
+    await eventually(lambda: job_id in app[keys.RUNNER].running, timeout=5, what="running here")
+    watch = app[keys.WATCH]
+    reads: list[str] = []
+    get = watch.store.get
+
+    async def counting_get(task_id: str) -> Any:
+        reads.append(task_id)
+        return await get(task_id)
+
+    # The waits' reads only (the runner reads the record too, for cancels).
+    monkeypatch.setattr(watch, "store", SimpleNamespace(get=counting_get))
+    resp = await api.get(f"/api/v1/jobs/{job_id}", headers={"Prefer": "wait=10"})
+    assert (await resp.json())["status"] == "completed"
+    # The first look only: every later change is written by this process, and
+    # the write hands the waiter the record (re-reads every 0.25-2 s would add 3).
+    assert reads.count(job_id) == 1

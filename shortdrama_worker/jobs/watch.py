@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 
 from shortdrama_worker.aws.store import Task, TaskStore
 
 _FIRST_POLL_S = 0.25
 _MAX_POLL_S = 2.0
+# For a record whose every change is written here: only a safety net.
+_QUIET_POLL_S = 10.0
 
 
 class _Waiter:
@@ -35,8 +37,12 @@ class _Waiter:
 class JobWatch:
     """Wakes waiters when this process writes a record, and on shutdown."""
 
-    def __init__(self, store: TaskStore) -> None:
+    def __init__(self, store: TaskStore, *, local: Callable[[Task], bool] | None = None) -> None:
         self.store = store
+        self.local = local or (lambda _: False)
+        """Whether every change to this record will be written by this process (the
+        job runs here, or no other instance shares the store): then a waiter is woken
+        by the write itself, and reading the record again on a timer only loads the store."""
         self._waiters: dict[str, set[_Waiter]] = {}
         self.closing = asyncio.Event()
         store.listeners.append(self.notify)
@@ -103,7 +109,7 @@ class JobWatch:
                     yield task
                 if task is None or task.terminal or self.closing.is_set():
                     return
-                wait = delay
+                wait = _QUIET_POLL_S if self.local(task) else delay
                 if deadline is not None:
                     wait = min(wait, deadline - time.monotonic())
                     if wait <= 0:
