@@ -12,8 +12,12 @@ Queues are not kept: on the embedded endpoint this daemon is the only
 consumer, so after a restore every pending or running job is queued again
 from the table (``requeue_unfinished``), which is the source of truth.
 
-Files: ``snapshot.jsonl`` (first line: its generation), ``journal-<generation>.jsonl``
-and ``lock``. A crash during a snapshot leaves the previous one in place.
+Files: ``snapshot.jsonl`` (first line: its generation), ``journal-<generation>.jsonl``,
+``blobs-<generation>/`` and ``lock``. A journaled request body of 64 KiB or more
+(an image put into S3) is written as a file of ``blobs-<generation>/`` before its
+journal line, which names it: base64 inside JSON would cost the endpoint more CPU
+than moto's own handling of the request. A crash during a snapshot leaves the
+previous one in place.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ import fcntl
 import io
 import json
 import os
+import shutil
 import threading
 import time
+import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -51,6 +57,7 @@ _DYNAMO_WRITES = {
 _S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 # A journal this large is folded into the snapshot at the next start.
 _COMPACT_JOURNAL_BYTES = 64 * 1024 * 1024
+_BLOB_MIN_BYTES = 64 * 1024
 
 
 class StateDirBusy(RuntimeError):
@@ -93,9 +100,18 @@ def _encode(entry: dict[str, Any]) -> str:
     return json.dumps({**entry, "b": base64.b64encode(entry["b"]).decode()}) + "\n"
 
 
-def _decode(line: str) -> dict[str, Any]:
+def _decode(line: str, blobs: Path | None = None) -> dict[str, Any]:
+    """A journal or snapshot line; ``ValueError`` if it is torn or its blob is missing."""
     entry: dict[str, Any] = json.loads(line)
-    entry["b"] = base64.b64decode(entry["b"])
+    if "f" in entry:
+        if blobs is None or not isinstance(entry["f"], str) or "/" in entry["f"]:
+            raise ValueError("a blob reference outside a journal")
+        try:
+            entry["b"] = (blobs / entry.pop("f")).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"journal blob unreadable: {exc}") from None
+    else:
+        entry["b"] = base64.b64decode(entry["b"])
     return entry
 
 
@@ -161,10 +177,13 @@ class StateDir:
         journal = self._journal_path(self.generation)
         if journal.exists():
             with journal.open() as lines:
-                failed += self._replay(app, lines)
+                failed += self._replay(app, lines, self._blobs_path(self.generation))
         for stale in self.path.glob("journal-*.jsonl"):
             if stale != journal:
                 stale.unlink()  # left by a snapshot that finished
+        for stale in self.path.glob("blobs-*"):
+            if stale != self._blobs_path(self.generation):
+                shutil.rmtree(stale, ignore_errors=True)
         log.info(
             "embedded_state_restored",
             state_dir=str(self.path),
@@ -176,6 +195,7 @@ class StateDir:
             self.snapshot(app)
         else:
             self._journal = journal.open("a")
+            self._blobs_path(self.generation).mkdir(exist_ok=True)
 
     def close(self, app: WsgiApp) -> None:
         """Fold the journal into a new snapshot and release the directory."""
@@ -192,13 +212,16 @@ class StateDir:
     def _journal_path(self, generation: int) -> Path:
         return self.path / f"journal-{generation}.jsonl"
 
-    def _replay(self, app: WsgiApp, lines: Iterable[str]) -> int:
+    def _blobs_path(self, generation: int) -> Path:
+        return self.path / f"blobs-{generation}"
+
+    def _replay(self, app: WsgiApp, lines: Iterable[str], blobs: Path | None = None) -> int:
         failed = 0
         for line in lines:
             if not line.strip():
                 continue
             try:
-                entry = _decode(line)
+                entry = _decode(line, blobs)
             except ValueError:
                 # A line cut short by a kill mid-write: it was never acknowledged.
                 log.warning("embedded_state_torn_line_skipped")
@@ -241,11 +264,21 @@ class StateDir:
             with self._lock:
                 answer = list(app(environ, remember))
                 if seen and int(seen[0].split(" ", 1)[0]) < 300 and self._journal is not None:
-                    self._journal.write(_encode(_entry(environ, body)))
+                    self._journal.write(self._line(_entry(environ, body)))
                     self._journal.flush()  # in the OS's hands: survives the process dying
             return answer
 
         return journaled
+
+    def _line(self, entry: dict[str, Any]) -> str:
+        """The journal line of ``entry``; a large body goes to a blob file first."""
+        body: bytes = entry["b"]
+        if len(body) < _BLOB_MIN_BYTES:
+            return _encode(entry)
+        name = uuid.uuid4().hex
+        # Written before the line that names it, so a line never points at nothing.
+        (self._blobs_path(self.generation) / name).write_bytes(body)
+        return json.dumps({**entry, "b": None, "f": name}) + "\n"
 
     # -- snapshots ------------------------------------------------------------
 
@@ -264,13 +297,16 @@ class StateDir:
                 out.flush()
                 os.fsync(out.fileno())
             old_journal = self._journal_path(self.generation)
+            old_blobs = self._blobs_path(self.generation)
             os.replace(target, self.path / "snapshot.jsonl")
             self.generation += 1
             if self._journal is not None:
                 self._journal.close()
+            self._blobs_path(self.generation).mkdir(exist_ok=True)
             self._journal = self._journal_path(self.generation).open("a")
             with contextlib.suppress(FileNotFoundError):
                 old_journal.unlink()
+            shutil.rmtree(old_blobs, ignore_errors=True)
             log.info(
                 "embedded_state_snapshot",
                 state_dir=str(self.path),
@@ -290,9 +326,8 @@ class StateDir:
                     if source.name == "snapshot.jsonl" and number == 0:
                         continue
                     with contextlib.suppress(ValueError):
-                        entry = _decode(line)
-                        if _kind(entry) == "control":
-                            found.append(entry)
+                        if _kind(json.loads(line)) == "control":  # no blob read for the rest
+                            found.append(_decode(line, self._blobs_path(self.generation)))
         return found
 
     def _dynamo(self, op: str, payload: dict[str, Any]) -> dict[str, Any]:
