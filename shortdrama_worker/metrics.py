@@ -183,13 +183,15 @@ class Metrics:
         )
         self.comfy_slots_in_use = Gauge(
             "shortdrama_comfyui_slots_in_use",
-            "Slots of the ComfyUI server held by jobs (or by a prompt that ignored an interrupt).",
+            "Prompts given to the ComfyUI server now: executing or queued ahead inside it "
+            "(or one that ignored an interrupt).",
             ["server"],
             registry=r,
         )
         self.comfy_busy = Counter(
             "shortdrama_comfyui_busy_seconds",
-            "Seconds the ComfyUI server's slots were held, added at release.",
+            "Seconds the ComfyUI server executed our prompts (not time queued in it), "
+            "added at release.",
             ["server"],
             registry=r,
         )

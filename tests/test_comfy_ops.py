@@ -261,9 +261,8 @@ async def test_queued_stage_shows_while_the_job_waits_for_the_server(
     http: aiohttp.ClientSession, make_handler: Callable[..., Any]
 ) -> None:
     async with FakeComfyUI() as comfy:
-        handler = await make_handler(
-            CameraAngleHandler, "comfy_camera_angle", ComfySettings(base_url=comfy.url, **FAST)
-        )
+        settings = ComfySettings(base_url=comfy.url, queue_ahead=0, **FAST)
+        handler = await make_handler(CameraAngleHandler, "comfy_camera_angle", settings)
         comfy.scripts.extend([Script(exec_s=1.0), Script(exec_s=0.1)])
         first = _context(http, "comfy_camera_angle", "job-a")
         second = _context(http, "comfy_camera_angle", "job-b")
@@ -274,6 +273,96 @@ async def test_queued_stage_shows_while_the_job_waits_for_the_server(
         assert second.progress_reports == [(5.0, "queued")]
         assert len(comfy.submitted) == 1  # it waits here, not in ComfyUI's queue
         await asyncio.gather(running, waiting)
+
+
+async def test_the_next_prompt_waits_inside_comfyui_so_it_starts_the_moment_the_gpu_is_free(
+    http: aiohttp.ClientSession, make_handler: Callable[..., Any], metrics: Metrics
+) -> None:
+    async with FakeComfyUI(default=Script(exec_s=0.6)) as comfy:
+        handler = await make_handler(
+            CameraAngleHandler, "comfy_camera_angle", ComfySettings(base_url=comfy.url, **FAST)
+        )
+        gate = GpuGate(slots=1)
+        contexts = [_context(http, "comfy_camera_angle", f"job-{i}", gate=gate) for i in "abc"]
+        first = asyncio.create_task(handler.run(CAMERA, contexts[0]))
+        await comfy.wait_running()
+        # One prompt queued ahead (the default): the second job's waits in ComfyUI's
+        # queue, the third job waits here for a place.
+        rest = [asyncio.create_task(handler.run(CAMERA, contexts[1]))]
+        await comfy.wait_pending(1)
+        await eventually(lambda: len(contexts[1].progress_reports) == 2)
+        assert [s for _, s in contexts[1].progress_reports] == ["queued", "submitted"]
+        rest.append(asyncio.create_task(handler.run(CAMERA, contexts[2])))
+        await eventually(lambda: bool(contexts[2].progress_reports))
+        assert contexts[2].progress_reports == [(5.0, "queued")]
+        assert len(comfy.submitted) == 2 and gate.held == []
+        await asyncio.gather(first, *rest)
+
+    a, b, c = comfy.executions
+    prompts = [t for m, p, t in comfy.requests if p == "/prompt" and m == "POST"]
+    assert prompts[1] < a.ended  # ComfyUI had the next prompt before the first one ended
+    assert b.started >= a.ended and c.started >= b.ended  # still one at a time
+    # The gate is held by one job at a time, each while its own prompt executes.
+    spans = sorted(gate.held)
+    assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans))
+    assert spans[1][0] >= a.ended
+    # Busy seconds count execution, not time spent queued behind another prompt.
+    busy = _sample(metrics, "shortdrama_comfyui_busy_seconds_total", server="0")
+    assert busy <= (c.ended - a.started) + 0.3
+    assert _sample(metrics, "shortdrama_comfyui_slots_in_use", server="0") == 0
+
+
+@pytest.mark.parametrize("how", ["cancelled", "timed out"])
+async def test_a_job_whose_prompt_is_queued_ahead_withdraws_it_and_leaves_the_running_one(
+    how: str, http: aiohttp.ClientSession, make_handler: Callable[..., Any], metrics: Metrics
+) -> None:
+    async with FakeComfyUI() as comfy:
+        handler = await make_handler(
+            CameraAngleHandler, "comfy_camera_angle", ComfySettings(base_url=comfy.url, **FAST)
+        )
+        comfy.scripts.extend([Script(exec_s=1.0), Script(exec_s=0.1)])
+        gate = GpuGate(slots=1)
+        ahead = _context(http, "comfy_camera_angle", "job-a", gate=gate)
+        queued = _context(http, "comfy_camera_angle", "job-b", gate=gate)
+        running = asyncio.create_task(handler.run(CAMERA, ahead))
+        first_id = await comfy.wait_running()
+        waiting = asyncio.create_task(
+            asyncio.wait_for(handler.run(CAMERA, queued), 0.4 if how == "timed out" else 30)
+        )
+        (queued_id,) = await comfy.wait_pending(1)
+        if how == "cancelled":
+            waiting.cancel()
+        with pytest.raises((asyncio.CancelledError, TimeoutError)):
+            await waiting
+        assert comfy.pending_prompt_ids == []  # taken off ComfyUI's queue
+        assert comfy.interrupts == [queued_id]  # an interrupt for its own prompt id only
+        assert gate.held == []  # it never took the GPU: the first job still holds it
+        result = await running
+        assert result["prompt_id"] == first_id
+    assert [e.prompt_id for e in comfy.executions] == [first_id]
+    assert comfy.executions[0].status == "success"
+    assert _sample(metrics, "shortdrama_comfyui_slots_in_use", server="0") == 0
+
+
+async def test_with_queue_ahead_a_comfyui_crash_fails_both_its_jobs_for_a_retry(
+    http: aiohttp.ClientSession, make_handler: Callable[..., Any]
+) -> None:
+    async with FakeComfyUI() as comfy:
+        handler = await make_handler(
+            CameraAngleHandler, "comfy_camera_angle", ComfySettings(base_url=comfy.url, **FAST)
+        )
+        comfy.scripts.append(Script(exec_s=5.0))
+        gate = GpuGate(slots=1)
+        jobs = [
+            asyncio.create_task(handler.run(CAMERA, _context(http, "k", job, gate=gate)))
+            for job in ("a", "b")
+        ]
+        await comfy.wait_running()
+        await comfy.wait_pending(1)
+        await comfy.stop(lose_state=True)
+        for job in jobs:  # neither hangs, neither is lost: the runner retries both
+            with pytest.raises(TransientJobError):
+                await job
 
 
 # --- 3. cancel -----------------------------------------------------------------------------

@@ -2,8 +2,11 @@
 
 ComfyUI drives one device per process, so a machine with several GPUs runs
 one ComfyUI per GPU. A :class:`ComfyServer` is one of them: its client, its
-slots (one prompt at a time by default), whether it answers, and what it can
-run (:mod:`shortdrama_worker.comfy.capabilities`). A job takes a slot on a
+slots (one prompt executing at a time by default) plus ``queue_ahead`` prompts
+waiting in ComfyUI's own queue, whether it answers, and what it can run
+(:mod:`shortdrama_worker.comfy.capabilities`). A prompt queued ahead lets
+ComfyUI start it the moment the running one ends, without waiting for the
+worker to see that end and answer with the next ``POST /prompt``. A job takes a slot on a
 server that is up and can run its template (:meth:`ServerPool.lease`); a
 server that goes down is skipped until a probe finds it back, and only the
 job whose prompt it was running is lost (and retried).
@@ -51,6 +54,8 @@ class ServerConfig:
     name: str
     base_url: str
     slots: int = 1
+    queue_ahead: int = 1
+    """Prompts kept queued inside ComfyUI beyond the ``slots`` executing."""
 
 
 class ComfyServer:
@@ -62,6 +67,8 @@ class ComfyServer:
         self.name = config.name
         self.base_url = config.base_url
         self.slots = config.slots
+        self.capacity = config.slots + config.queue_ahead
+        """Prompts given to it at once: executing, or queued inside ComfyUI."""
         self.client = client
         self.metrics = metrics
         self.pool = pool
@@ -91,7 +98,7 @@ class ComfyServer:
 
     @property
     def free(self) -> int:
-        return self.slots - self.in_use
+        return self.capacity - self.in_use
 
     def _reachability(self, up: bool) -> None:
         # One line per transition, whoever noticed it (probe or job), so the
@@ -164,24 +171,39 @@ class ComfyServer:
         if self.metrics is not None:
             self.metrics.comfy_slots_in_use.labels(self.name).set(self.in_use)
 
-    def give_back(self, held_s: float) -> None:
+    def give_back(self, busy_s: float) -> None:
         self.in_use -= 1
         if self.metrics is not None:
             self.metrics.comfy_slots_in_use.labels(self.name).set(self.in_use)
-            self.metrics.comfy_busy.labels(self.name).inc(held_s)
+            self.metrics.comfy_busy.labels(self.name).inc(busy_s)
         self.pool.changed()
 
 
 class Lease:
-    """A slot on one server, held until the ``lease`` block ends or ``keep_until`` is done."""
+    """A place on one server, held until the ``lease`` block ends or ``keep_until`` is done."""
 
     def __init__(self, server: ComfyServer) -> None:
         self.server = server
+        self.queued = server.in_use > server.slots
+        """Taken beyond the executing slots: the prompt will wait inside ComfyUI."""
         self.keep: asyncio.Future[Any] | None = None
+        self.executing_since: float | None = None
 
     def keep_until(self, work: asyncio.Future[Any]) -> None:
-        """Hold the slot past the block until ``work`` finishes (a prompt still running)."""
+        """Hold the place past the block until ``work`` finishes (a prompt still running)."""
         self.keep = work
+
+    def executing(self, since: float | None) -> None:
+        """When ComfyUI began executing the prompt (monotonic), for the busy seconds.
+
+        Time spent queued inside ComfyUI behind another prompt is not busy time,
+        or a queued-ahead prompt would count the GPU twice.
+        """
+        self.executing_since = since
+
+    def busy_s(self, now: float) -> float:
+        since = self.executing_since
+        return 0.0 if since is None else max(0.0, now - since)
 
 
 class ServerPool:
@@ -277,7 +299,7 @@ class ServerPool:
             return None
         # Count the jobs already headed there, or a burst of jobs picking at
         # once would all upload to the first server and most would switch.
-        chosen = min(able, key=lambda s: ((s.in_use + s.expected) / s.slots, -s.free))
+        chosen = min(able, key=lambda s: ((s.in_use + s.expected) / s.capacity, -s.free))
         chosen.expected += 1
         return chosen
 
@@ -305,23 +327,20 @@ class ServerPool:
             if prefer is not None:
                 self.unpick(prefer)
         lease = Lease(server)
-        held_from = time.monotonic()
         try:
             yield lease
         finally:
             if lease.keep is not None and not lease.keep.done():
                 keep = lease.keep
-                self._spawn(self._release_after(server, keep, held_from))
+                self._spawn(self._release_after(lease, keep))
             else:
-                server.give_back(time.monotonic() - held_from)
+                server.give_back(lease.busy_s(time.monotonic()))
 
-    async def _release_after(
-        self, server: ComfyServer, work: asyncio.Future[Any], held_from: float
-    ) -> None:
+    async def _release_after(self, lease: Lease, work: asyncio.Future[Any]) -> None:
         try:
             await asyncio.wait({work})
         finally:
-            server.give_back(time.monotonic() - held_from)
+            lease.server.give_back(lease.busy_s(time.monotonic()))
 
     async def _acquire(
         self,

@@ -83,9 +83,8 @@ class PromptRun:
     ::
 
         async with client.prompt_run(graph) as run:  # opens the socket
-            async with ctx.gpu():
-                await run.submit()
-                images = await run.wait(on_progress)
+            await run.submit()
+            images = await run.wait(on_progress)
 
     Leaving the block with an exception (``CancelledError`` included) while
     the prompt is queued or running withdraws it from ComfyUI — queue delete

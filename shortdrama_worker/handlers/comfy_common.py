@@ -33,6 +33,8 @@ from shortdrama_worker.comfy.client import ComfyClient, ComfyClientOptions
 from shortdrama_worker.comfy.errors import ComfyCannotRunError, ComfyUnavailableError
 from shortdrama_worker.comfy.pool import ComfyServer, ServerConfig, ServerPool, pool_for
 from shortdrama_worker.comfy.progress import Progress
+from shortdrama_worker.comfy.protocol import OutputImage
+from shortdrama_worker.comfy.watch import PromptRun
 from shortdrama_worker.comfy.workflows import Scalar, Workflow, WorkflowError, load_workflow
 from shortdrama_worker.contract import (
     CONTRACT_VERSION,
@@ -67,7 +69,16 @@ class ComfyServerSettings(BaseModel):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$",
         description="Label in metrics and logs (e.g. gpu0); default: its index in the list.",
     )
-    slots: int = Field(default=1, ge=1, le=8, description="Prompts given to it at once.")
+    slots: int = Field(
+        default=1, ge=1, le=8, description="Prompts it executes at once (one per ComfyUI process)."
+    )
+    queue_ahead: int | None = Field(
+        default=None,
+        ge=0,
+        le=8,
+        description="Prompts kept queued inside it beyond those executing; default: the "
+        "section's queue_ahead.",
+    )
 
 
 class ComfySettings(BaseModel):
@@ -84,6 +95,13 @@ class ComfySettings(BaseModel):
         default_factory=list,
         max_length=16,
         description="Several ComfyUI servers (one per GPU), instead of base_url.",
+    )
+    queue_ahead: int = Field(
+        default=1,
+        ge=0,
+        le=8,
+        description="Prompts a server keeps queued inside ComfyUI beyond those executing, so it "
+        "starts the next one the moment it is free (0: submit only to a free server).",
     )
     interrupt_wait_s: float = Field(
         default=30.0,
@@ -135,9 +153,14 @@ class ComfySettings(BaseModel):
     def server_configs(self) -> list[ServerConfig]:
         """``servers``, or the single ``base_url`` as server ``0``."""
         if not self.servers:
-            return [ServerConfig("0", self.base_url.rstrip("/"))]
+            return [ServerConfig("0", self.base_url.rstrip("/"), queue_ahead=self.queue_ahead)]
         return [
-            ServerConfig(s.name or str(index), s.base_url.rstrip("/"), s.slots)
+            ServerConfig(
+                s.name or str(index),
+                s.base_url.rstrip("/"),
+                s.slots,
+                self.queue_ahead if s.queue_ahead is None else s.queue_ahead,
+            )
             for index, s in enumerate(self.servers)
         ]
 
@@ -367,19 +390,23 @@ class ComfyHandler(Handler[Any, ComfySettings]):
             if server is not target:
                 # Another able server freed first: it gets the inputs too.
                 await self._upload_all(ctx, server, image_list, pngs)
-            async with ctx.gpu():
-                timings["gpu_wait"] = round(time.monotonic() - gpu_asked, 4)
-                report = self._withdraw_report(ctx, server)
-                run = server.client.prompt_run(graph, on_withdraw=report)
-                try:
-                    async with run:
-                        submit_at = time.monotonic()
-                        await run.submit()
-                        await ctx.progress(_PROGRESS_SUBMITTED, "submitted")
-                        outputs = await run.wait(self._progress_report(ctx))
-                finally:
-                    if run.withdrawal is not None and not run.withdrawal.done():
-                        lease.keep_until(run.withdrawal)  # ComfyUI still on it: slot stays held
+            report = self._withdraw_report(ctx, server)
+            run = server.client.prompt_run(graph, on_withdraw=report)
+            try:
+                # The gate is taken once the prompt is queued, but let go only after the
+                # run's exit, which waits for ComfyUI to leave a withdrawn prompt.
+                async with contextlib.AsyncExitStack() as gate, run:
+                    if not lease.queued:  # ComfyUI starts it at once: the gate comes first
+                        await gate.enter_async_context(ctx.gpu())
+                        timings["gpu_wait"] = round(time.monotonic() - gpu_asked, 4)
+                    submit_at = time.monotonic()
+                    await run.submit()
+                    await ctx.progress(_PROGRESS_SUBMITTED, "submitted")
+                    outputs = await self._follow(ctx, run, gate, gpu_asked, timings)
+            finally:
+                lease.executing(run.started_at)
+                if run.withdrawal is not None and not run.withdrawal.done():
+                    lease.keep_until(run.withdrawal)  # ComfyUI still on it: slot stays held
             done = run.finished_at or time.monotonic()
             exec_start = run.started_at or submit_at
             phase("queue", submit_at, exec_start)
@@ -423,6 +450,32 @@ class ComfyHandler(Handler[Any, ComfySettings]):
             "server": server.name,
             "timings": timings,
         }
+
+    async def _follow(
+        self,
+        ctx: JobContext,
+        run: PromptRun,
+        gate: contextlib.AsyncExitStack,
+        asked: float,
+        timings: dict[str, float],
+    ) -> list[OutputImage]:
+        """Follow a submitted prompt to its end, holding the GPU gate while it executes.
+
+        A prompt queued inside ComfyUI behind another job's (``queue_ahead``) takes
+        the gate only now, when the job ahead has let it go; its socket is read
+        from the start all the same, so ``execution_start`` is seen when it happens.
+        """
+        following = asyncio.ensure_future(run.wait(self._progress_report(ctx)))
+        try:
+            if "gpu_wait" not in timings:
+                await gate.enter_async_context(ctx.gpu())
+                timings["gpu_wait"] = round(time.monotonic() - asked, 4)
+            return await following
+        finally:
+            # Left early (cancelled, timed out): stop reading before the run withdraws
+            # the prompt, and collect the follower's own end, which is not news.
+            following.cancel()
+            await asyncio.gather(following, return_exceptions=True)
 
     async def _prepare(
         self,
