@@ -255,7 +255,10 @@ async def ours(
         workflow=TEMPLATE.stem,
         **extra,
     )
-    wall, results = await drive(args, settings, image, http, prefix=prefix)
+    # A session of its own, as a fresh daemon has: the handlers' server pool is
+    # per session and keeps a server's slots and queue_ahead from its first user.
+    async with aiohttp.ClientSession() as own:
+        wall, results = await drive(args, settings, image, own, prefix=prefix)
     name = "ours" if queue_ahead is None else f"ours qa={queue_ahead}"
     return Row(name, wall, await spans(http, args.comfyui_url, [r["prompt_id"] for r in results]))
 
