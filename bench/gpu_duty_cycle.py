@@ -23,6 +23,13 @@ included) and at saturation (first execution start → last execution end).
 a mixed load (camera-angle and qwen-image-edit jobs alternating), ``2 × N``
 jobs in flight, one slot per server, and per-server duty cycles, beside the
 same load on one server from the same run.
+
+``--comfyui-url URL`` drives a real ComfyUI instead (no model weights needed;
+see ``bench/_real_comfyui.py``): the same handler and pipeline on a calibrated
+image-only graph, beside the same prompts queued straight into ComfyUI (the
+physical limit), with busy time from ComfyUI's own execution timestamps, e.g.
+``--comfyui-url http://127.0.0.1:8188 --jobs 12 --exec-s 1.5 --queue-ahead 0,1
+--rounds 3`` (about 4 minutes on a CPU).
 """
 
 from __future__ import annotations
