@@ -23,6 +23,13 @@ included) and at saturation (first execution start → last execution end).
 a mixed load (camera-angle and qwen-image-edit jobs alternating), ``2 × N``
 jobs in flight, one slot per server, and per-server duty cycles, beside the
 same load on one server from the same run.
+
+``--comfyui-url URL`` drives a real ComfyUI instead (no model weights needed;
+see ``bench/_real_comfyui.py``): the same handler and pipeline on a calibrated
+image-only graph, beside the same prompts queued straight into ComfyUI (the
+physical limit), with busy time from ComfyUI's own execution timestamps, e.g.
+``--comfyui-url http://127.0.0.1:8188 --jobs 12 --exec-s 1.5 --queue-ahead 0,1
+--rounds 3`` (about 4 minutes on a CPU).
 """
 
 from __future__ import annotations
@@ -75,14 +82,62 @@ def _outcome(name: str, jobs: int, wall: float, executions: list[Any]) -> Outcom
     return Outcome(name, jobs, wall, busy, saturated)
 
 
+async def drive(
+    args: argparse.Namespace,
+    settings: Any,
+    image: bytes,
+    http: Any,
+    *,
+    prefix: str = "bench",
+) -> tuple[float, list[dict[str, Any]]]:
+    """Our pipeline: ``args.jobs`` camera-angle jobs, ``args.concurrency`` in flight, 1 slot.
+
+    The wall time of the batch and each job's result (its ``prompt_id`` among them).
+    """
+    from shortdrama_worker.contract.testing import FakeJobContext, GpuGate, data_uri, make_env
+    from shortdrama_worker.handlers.camera_angle import CameraAngleHandler, CameraAngleInput
+    from shortdrama_worker.metrics import Metrics
+
+    env = make_env(
+        CameraAngleHandler,
+        settings,
+        kind="comfy_camera_angle",
+        service_http=http,
+        metrics=Metrics(),
+    )
+    handler = CameraAngleHandler(env)
+    await handler.startup()
+    gate = GpuGate(slots=1)
+    in_flight = asyncio.Semaphore(args.concurrency)
+    params = CameraAngleInput(image=data_uri(image), move="rotate_right", degrees=45)
+
+    async def job(index: int) -> dict[str, Any]:
+        async with in_flight:
+            ctx = FakeJobContext(
+                job_id=f"{prefix}-{index}",
+                kind="comfy_camera_angle",
+                http=http,
+                gate=gate,
+                metrics=env.metrics,
+                fetch_latency_s=args.fetch_s,
+                store_latency_s=args.store_s,
+            )
+            return await handler.run(params, ctx)
+
+    try:
+        started = time.monotonic()
+        results = await asyncio.gather(*(job(i) for i in range(args.jobs)))
+        wall = time.monotonic() - started
+    finally:
+        await handler.shutdown()
+    return wall, list(results)
+
+
 async def run_ours(args: argparse.Namespace, image: bytes) -> Outcome:
     import aiohttp
     from fakes.comfyui import FakeComfyUI, Script
 
-    from shortdrama_worker.contract.testing import FakeJobContext, GpuGate, data_uri, make_env
-    from shortdrama_worker.handlers.camera_angle import CameraAngleHandler, CameraAngleInput
     from shortdrama_worker.handlers.comfy_common import ComfySettings
-    from shortdrama_worker.metrics import Metrics
 
     fake = FakeComfyUI(
         default=Script(exec_s=args.exec_s),
@@ -90,36 +145,7 @@ async def run_ours(args: argparse.Namespace, image: bytes) -> Outcome:
         view_latency_s=args.download_s,
     )
     async with fake as comfy, aiohttp.ClientSession() as http:
-        env = make_env(
-            CameraAngleHandler,
-            ComfySettings(base_url=comfy.url),
-            kind="comfy_camera_angle",
-            service_http=http,
-            metrics=Metrics(),
-        )
-        handler = CameraAngleHandler(env)
-        await handler.startup()
-        gate = GpuGate(slots=1)
-        in_flight = asyncio.Semaphore(args.concurrency)
-        params = CameraAngleInput(image=data_uri(image), move="rotate_right", degrees=45)
-
-        async def job(index: int) -> None:
-            async with in_flight:
-                ctx = FakeJobContext(
-                    job_id=f"bench-{index}",
-                    kind="comfy_camera_angle",
-                    http=http,
-                    gate=gate,
-                    metrics=env.metrics,
-                    fetch_latency_s=args.fetch_s,
-                    store_latency_s=args.store_s,
-                )
-                await handler.run(params, ctx)
-
-        started = time.monotonic()
-        await asyncio.gather(*(job(i) for i in range(args.jobs)))
-        wall = time.monotonic() - started
-        await handler.shutdown()
+        wall, _ = await drive(args, ComfySettings(base_url=comfy.url), image, http)
         return _outcome("ours", args.jobs, wall, comfy.executions)
 
 
@@ -269,11 +295,30 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--servers", type=int, default=1, help="ComfyUI servers (N > 1: per-server duty cycle)"
     )
+    real = parser.add_argument_group("real ComfyUI (see bench/_real_comfyui.py)")
+    real.add_argument(
+        "--comfyui-url",
+        help="a real ComfyUI (e.g. http://127.0.0.1:8188) instead of the simulated one; "
+        "--exec-s is then the time one prompt is calibrated to take",
+    )
+    real.add_argument(
+        "--queue-ahead",
+        help="ours once per value of ComfySettings.queue_ahead, e.g. 0,1 (default: one row "
+        "with the settings' own default)",
+    )
+    real.add_argument("--rounds", type=int, default=1, help="repeat every row this many times")
     return parser
 
 
 async def _main(args: argparse.Namespace) -> None:
     image = _input_png()
+    if args.comfyui_url:
+        from bench import _real_comfyui
+
+        await _real_comfyui.run(args, image, drive)
+        return
+    if args.queue_ahead is not None:
+        raise SystemExit("--queue-ahead needs --comfyui-url (the simulated ComfyUI has no queue)")
     if args.servers > 1:
         several = await run_servers(args, image, args.servers)
         single = await run_servers(args, image, 1)
@@ -311,8 +356,10 @@ async def _main(args: argparse.Namespace) -> None:
 
 def main() -> None:
 
-    # The fake ComfyUI and the recording context live with the tests.
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    root = Path(__file__).resolve().parent.parent
+    # The fake ComfyUI and the recording context live with the tests; the
+    # real-ComfyUI mode is bench._real_comfyui.
+    sys.path[:0] = [str(root / "tests"), str(root)]
     # One log line per job would bury the table.
     import structlog
 
