@@ -536,6 +536,25 @@ async def test_a_server_without_the_models_never_gets_that_kind(
         assert not bare.submitted and not [p for _, p, _ in bare.requests if p == "/upload/image"]
 
 
+async def test_two_kinds_on_one_comfyui_must_agree_on_its_slots_and_queue(
+    http: aiohttp.ClientSession, make_handler: Callable[..., Any]
+) -> None:
+    async with FakeComfyUI() as comfy:
+        camera = await make_handler(
+            CameraAngleHandler, "comfy_camera_angle", ComfySettings(base_url=comfy.url, **FAST)
+        )
+        edit = await make_handler(
+            QwenEditHandler, "qwen_edit", ComfySettings(base_url=comfy.url, **FAST)
+        )
+        assert camera.servers == edit.servers  # one queue, one count of what is in it
+        with pytest.raises(ValueError, match=r"configured twice .* queue_ahead \(1\+1 and 1\+3\)"):
+            await make_handler(
+                CameraAngleHandler,
+                "comfy_camera_angle_deep",
+                ComfySettings(base_url=comfy.url, queue_ahead=3, **FAST),
+            )
+
+
 def test_settings_keep_base_url_and_refuse_both_forms() -> None:
     assert [(c.name, c.base_url) for c in ComfySettings().server_configs()] == [
         ("0", "http://127.0.0.1:8188")

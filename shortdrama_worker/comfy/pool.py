@@ -247,6 +247,16 @@ class ServerPool:
         servers = []
         for config in configs:
             server = self.servers.get(config.base_url)
+            if server is not None and (server.slots, server.capacity) != (
+                config.slots,
+                config.slots + config.queue_ahead,
+            ):
+                # One ComfyUI has one queue: two kinds may not each believe their own numbers.
+                raise ValueError(
+                    f"ComfyUI {config.base_url} is configured twice with different slots or "
+                    f"queue_ahead ({server.slots}+{server.capacity - server.slots} and "
+                    f"{config.slots}+{config.queue_ahead}); give every kind that uses it the same"
+                )
             if server is None:
                 client = ComfyClient(
                     config.base_url, http, options=options, metrics=metrics, log=log
@@ -272,6 +282,7 @@ class ServerPool:
         for server in servers:
             self._users[server.base_url] -= 1
             if self._users[server.base_url] == 0:
+                del self.servers[server.base_url]  # a later user starts from its own settings
                 probe = self._probes.pop(server.base_url, None)
                 if probe is not None:
                     probe.cancel()
