@@ -448,6 +448,11 @@ def summarise_burst(name: str, submitted: list[float], finished: list[float]) ->
     return summary
 
 
+def _cert_dir() -> str:
+    """One development certificate for every bench run (results are signed as in production)."""
+    return str(Path(tempfile.gettempdir()) / "shortdrama-bench-dev-certificate")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=200)
@@ -489,7 +494,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def _cert_dir() -> str:
-    return str(Path(tempfile.gettempdir()) / "shortdrama-bench-dev-certificate")

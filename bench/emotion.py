@@ -182,6 +182,11 @@ async def run_all(client: Any, slug: str, body: dict[str, Any], n: int) -> None:
             await asyncio.sleep(0.02)
 
 
+def _cert_dir() -> str:
+    """One development certificate for every bench run (results are signed as in production)."""
+    return str(Path(tempfile.gettempdir()) / "shortdrama-bench-dev-certificate")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
@@ -202,7 +207,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def _cert_dir() -> str:
-    return str(Path(tempfile.gettempdir()) / "shortdrama-bench-dev-certificate")

@@ -59,6 +59,7 @@ class NoopInput(HandlerInput):
 
 class CountingNoopHandler(Handler[Any, NoSettings]):
     """Does nothing, fast; counts how often it ran for each job id."""
+
     contract_version = CONTRACT_VERSION
 
     resource = "cpu"
@@ -279,6 +280,11 @@ async def main_async(args: argparse.Namespace) -> LoadReport:
             await client.close()
 
 
+def _cert_dir() -> str:
+    """One development certificate for every bench run (results are signed as in production)."""
+    return str(Path(tempfile.gettempdir()) / "shortdrama-bench-dev-certificate")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of submitting")
@@ -303,7 +309,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def _cert_dir() -> str:
-    return str(Path(tempfile.gettempdir()) / "shortdrama-bench-dev-certificate")
