@@ -1,6 +1,7 @@
 """Fewer SQS calls per job under load, and nothing lost for it.
 
-Deletes asked for together go as one ``DeleteMessageBatch``; a consumer with
+Sends and deletes asked for together go as one ``SendMessageBatch`` or
+``DeleteMessageBatch``; a consumer with
 ``prefetch`` receives several messages per call. A fault proxy in front of
 moto counts the calls by operation.
 """
@@ -115,6 +116,71 @@ async def test_a_batch_call_that_fails_fails_every_delete_in_it(proxied: Any) ->
     # Nothing was deleted: the messages come back after their visibility, and
     # the conditional writes settle them (test_faults covers that path).
     assert await depth(aws, queue.url("cpu")) == (0, 4)
+
+
+async def test_sends_asked_for_together_go_as_one_batch_call(proxied: Any) -> None:
+    proxy, queue, aws = proxied
+    await asyncio.gather(*(queue.send("cpu", f"job-{n}", "scripted") for n in range(13)))
+    assert proxy.seen["SendMessageBatch"] >= 1
+    assert proxy.seen["SendMessage"] + proxy.seen["SendMessageBatch"] <= 3  # 1 + 10 + 2 at most
+    messages = await received_only(aws, queue.url("cpu"), 13)
+    assert sorted(m.parse()[0] for m in messages) == sorted(f"job-{n}" for n in range(13))
+
+
+async def test_a_send_on_its_own_goes_out_at_once_as_a_plain_send(proxied: Any) -> None:
+    proxy, queue, aws = proxied
+    await queue.send("cpu", "job-1", "scripted", delay_s=0)
+    assert proxy.seen["SendMessage"] == 1 and proxy.seen["SendMessageBatch"] == 0
+    [message] = await received_only(aws, queue.url("cpu"), 1)
+    assert message.parse() == ("job-1", "scripted")
+
+
+async def test_a_batch_send_that_fails_fails_every_send_in_it(proxied: Any) -> None:
+    from fakes.faultproxy import INTERNAL
+
+    proxy, queue, aws = proxied
+    proxy.fail("SendMessageBatch", 4, INTERNAL)  # the first try and botocore's 3 retries
+    first = asyncio.create_task(queue.send("cpu", "job-0", "scripted"))
+    await asyncio.sleep(0)  # the first goes out alone; the rest wait for it and go together
+    rest = [queue.send("cpu", f"job-{n}", "scripted") for n in range(1, 5)]
+    outcomes = await asyncio.gather(first, *rest, return_exceptions=True)
+    assert outcomes[0] is None
+    assert all(isinstance(o, QueueError) for o in outcomes[1:]), outcomes
+    # Only the first is queued: each caller heard of its own failure (a submit rolls back).
+    assert await depth(aws, queue.url("cpu")) == (1, 0)
+
+
+async def test_a_burst_of_submits_shares_send_calls_and_every_job_runs_once(
+    make_settings: Any, start_app: Any, moto_endpoint: str
+) -> None:
+    from fakes.faultproxy import FaultProxy
+
+    async with FaultProxy(moto_endpoint) as proxy:
+        settings = make_settings(aws={"endpoint_url": proxy.url})
+        app, client = await start_app(
+            settings, HandlerRegistry.from_classes({"scripted": ScriptedHandler})
+        )
+        job_ids = await asyncio.gather(*(submit(client, "scripted", {}) for _ in range(24)))
+        jobs = [await wait_for(client, job_id) for job_id in job_ids]
+        assert {j["status"] for j in jobs} == {"completed"}
+        assert {j["attempts"] for j in jobs} == {1}
+        assert proxy.seen["SendMessageBatch"] >= 1
+        assert proxy.seen["SendMessage"] + proxy.seen["SendMessageBatch"] < 24
+        handler = app[keys.HANDLERS]["scripted"]
+        assert isinstance(handler, ScriptedHandler)
+        assert sorted(handler.finished) == sorted(job_ids)
+
+
+async def received_only(aws: Any, url: str, count: int) -> list[JobMessage]:
+    """``count`` messages already in ``url``, received as the consumer sees them."""
+    messages: list[JobMessage] = []
+    while len(messages) < count:
+        reply = await aws.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
+        messages += [
+            JobMessage("cpu", m["MessageId"], m["ReceiptHandle"], m["Body"], None, 1)
+            for m in reply.get("Messages", [])
+        ]
+    return messages
 
 
 async def run_burst(

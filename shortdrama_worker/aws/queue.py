@@ -6,13 +6,14 @@ import asyncio
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shortdrama_worker.settings import RESOURCES, Resource, Settings
 
 MESSAGE_VERSION = 1
+EntryT = TypeVar("EntryT")
 
 
 class QueueError(Exception):
@@ -56,41 +57,45 @@ def encode(task_id: str, kind: str) -> str:
     return json.dumps({"v": MESSAGE_VERSION, "task_id": task_id, "kind": kind})
 
 
-class _DeleteBatcher:
-    """Deletes on one queue, coalesced into ``DeleteMessageBatch`` while a call is out.
+class _Batcher(Generic[EntryT]):
+    """Calls on one queue, coalesced into one batch call while a call is out.
 
-    A delete goes out at once (a plain ``DeleteMessage`` when it is alone):
-    no added latency when the worker is quiet. Deletes asked for while a
-    call is in flight wait for it and then go together, up to ten to a call.
-    Under load that turns a delete per job into about one per batch.
+    An entry goes out at once (a plain call when it is alone): no added
+    latency when the worker is quiet. Entries asked for while a call is in
+    flight wait for it and then go together, up to ten to a call, each caller
+    hearing of its own entry. Under load that turns a call per job into about
+    one per batch, for the endpoint and for the bill (SQS prices requests).
     """
 
     _MAX_BATCH = 10  # SQS's limit per batch call
+    name = "batch"
 
     def __init__(self, queue: JobQueue, url: str) -> None:
         self._sqs = queue._sqs
         self._call = queue._call
         self._url = url
-        self._waiting: list[tuple[str, asyncio.Future[None]]] = []
+        self._waiting: list[tuple[EntryT, asyncio.Future[None]]] = []
         self._sender: asyncio.Task[None] | None = None
 
-    async def delete(self, receipt_handle: str) -> None:
+    async def put(self, entry: EntryT) -> None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((receipt_handle, done))
+        self._waiting.append((entry, done))
         if self._sender is None or self._sender.done():
             # Its own task: a caller cancelled mid-wait (a job handed back at
-            # shutdown) must not strand the deletes queued behind it.
-            self._sender = asyncio.create_task(self._send_all(), name="sqs-delete-batch")
+            # shutdown) must not strand the entries queued behind it.
+            self._sender = asyncio.create_task(self._send_all(), name=f"sqs-{self.name}-batch")
         await done
 
     async def _send_all(self) -> None:
-        batch: list[tuple[str, asyncio.Future[None]]] = []
+        batch: list[tuple[EntryT, asyncio.Future[None]]] = []
         try:
             while self._waiting:
                 batch = self._waiting[: self._MAX_BATCH]
                 del self._waiting[: self._MAX_BATCH]
+                entries = [entry for entry, _ in batch]
                 try:
-                    failures = await self._send(batch)
+                    alone = len(entries) == 1
+                    failures = await (self._one(entries[0]) if alone else self._many(entries))
                 except Exception as exc:  # every caller hears of it, whatever it is
                     failures = {str(i): str(exc) for i in range(len(batch))}
                 for i, (_, done) in enumerate(batch):
@@ -105,31 +110,73 @@ class _DeleteBatcher:
             # Cancelled (the app closing): no caller may wait forever.
             for _, done in batch + self._waiting:
                 if not done.done():
-                    done.set_exception(QueueError("SQS delete abandoned: the queue is closing"))
+                    done.set_exception(
+                        QueueError(f"SQS {self.name} abandoned: the queue is closing")
+                    )
             self._waiting.clear()
 
     async def aclose(self) -> None:
-        """Let the deletes already asked for finish (the client is about to close)."""
+        """Let the entries already asked for finish (the client is about to close)."""
         if self._sender is not None:
             await asyncio.gather(self._sender, return_exceptions=True)
 
-    async def _send(self, batch: list[tuple[str, asyncio.Future[None]]]) -> dict[str, str]:
-        """Send one call; what went wrong with each failed entry, by index."""
-        if len(batch) == 1:
-            await self._call(
-                "delete", self._sqs.delete_message, QueueUrl=self._url, ReceiptHandle=batch[0][0]
-            )
-            return {}
-        entries = [{"Id": str(i), "ReceiptHandle": handle} for i, (handle, _) in enumerate(batch)]
-        reply = await self._call(
-            "delete", self._sqs.delete_message_batch, QueueUrl=self._url, Entries=entries
-        )
+    async def _one(self, entry: EntryT) -> dict[str, str]:
+        """The single call; ``{}`` (it raises on failure)."""
+        raise NotImplementedError
+
+    async def _many(self, entries: list[EntryT]) -> dict[str, str]:
+        """The batch call; what went wrong with each failed entry, by index."""
+        raise NotImplementedError
+
+    def _failures(self, reply: dict[str, Any]) -> dict[str, str]:
         return {
             str(failed.get("Id")): (
-                f"SQS delete failed: {failed.get('Code')}: {failed.get('Message', '')}"
+                f"SQS {self.name} failed: {failed.get('Code')}: {failed.get('Message', '')}"
             )
             for failed in reply.get("Failed", [])
         }
+
+
+class _DeleteBatcher(_Batcher[str]):
+    """Deletes by receipt handle."""
+
+    name = "delete"
+
+    async def _one(self, entry: str) -> dict[str, str]:
+        sqs, url = self._sqs, self._url
+        await self._call("delete", sqs.delete_message, QueueUrl=url, ReceiptHandle=entry)
+        return {}
+
+    async def _many(self, entries: list[str]) -> dict[str, str]:
+        batch = [{"Id": str(i), "ReceiptHandle": handle} for i, handle in enumerate(entries)]
+        reply = await self._call(
+            "delete", self._sqs.delete_message_batch, QueueUrl=self._url, Entries=batch
+        )
+        return self._failures(reply)
+
+
+class _SendBatcher(_Batcher[tuple[str, int]]):
+    """Sends of (body, delay in seconds): submits arriving together share one call."""
+
+    name = "send"
+
+    async def _one(self, entry: tuple[str, int]) -> dict[str, str]:
+        body, delay_s = entry
+        sqs, url = self._sqs, self._url
+        await self._call(
+            "send", sqs.send_message, QueueUrl=url, MessageBody=body, DelaySeconds=delay_s
+        )
+        return {}
+
+    async def _many(self, entries: list[tuple[str, int]]) -> dict[str, str]:
+        batch = [
+            {"Id": str(i), "MessageBody": body, "DelaySeconds": delay_s}
+            for i, (body, delay_s) in enumerate(entries)
+        ]
+        reply = await self._call(
+            "send", self._sqs.send_message_batch, QueueUrl=self._url, Entries=batch
+        )
+        return self._failures(reply)
 
 
 class JobQueue:
@@ -140,6 +187,7 @@ class JobQueue:
         self._settings = settings
         self._urls: dict[str, str] = {}
         self._deletes: dict[str, _DeleteBatcher] = {}
+        self._sends: dict[str, _SendBatcher] = {}
 
     async def resolve(self) -> None:
         """Look up the queue URLs once; fails start-up if a queue is missing."""
@@ -153,18 +201,18 @@ class JobQueue:
         return self._urls[name]
 
     async def aclose(self) -> None:
-        """Finish the deletes in flight; call before the SQS client closes."""
-        for batcher in self._deletes.values():
+        """Finish the sends and deletes in flight; call before the SQS client closes."""
+        batchers: list[_Batcher[Any]] = [*self._sends.values(), *self._deletes.values()]
+        for batcher in batchers:
             await batcher.aclose()
 
     async def send(self, resource: Resource, task_id: str, kind: str, *, delay_s: int = 0) -> None:
-        await self._call(
-            "send",
-            self._sqs.send_message,
-            QueueUrl=self.url(resource),
-            MessageBody=encode(task_id, kind),
-            DelaySeconds=delay_s,
-        )
+        """Queue a job; returns once SQS has it (sends made together share one call)."""
+        url = self.url(resource)
+        batcher = self._sends.get(url)
+        if batcher is None:
+            batcher = self._sends[url] = _SendBatcher(self, url)
+        await batcher.put((encode(task_id, kind), delay_s))
 
     async def receive(self, resource: Resource, max_messages: int, wait_s: int) -> list[JobMessage]:
         reply = await self._call(
@@ -196,7 +244,7 @@ class JobQueue:
         batcher = self._deletes.get(url)
         if batcher is None:
             batcher = self._deletes[url] = _DeleteBatcher(self, url)
-        await batcher.delete(message.receipt_handle)
+        await batcher.put(message.receipt_handle)
 
     async def set_visibility(self, message: JobMessage, seconds: float) -> None:
         await self._call(
