@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -57,7 +58,21 @@ def run(title: str, args: list[str], timeout: int) -> tuple[str, str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="memory bench with 10,000 jobs")
+    parser.add_argument(
+        "--comfyui-url",
+        help="also run the GPU duty-cycle bench against this running ComfyUI (its queue empty)",
+    )
+    parser.add_argument(
+        "--rewrite",
+        action="store_true",
+        help=f"rebuild the report from the last run's figures ({LAST_RUN.name}) and the notes",
+    )
     args = parser.parse_args()
+    if args.rewrite:
+        last = json.loads(LAST_RUN.read_text())
+        write_report([tuple(r) for r in last["results"]], last["run"], last["machine"])
+        print(f"rewrote {REPORT.relative_to(ROOT)} from {LAST_RUN.relative_to(ROOT)}")
+        return
     benches: list[tuple[str, list[str], str, int]] = [
         (
             "Dispatch overhead (sequential, one client, in-process app)",
@@ -87,6 +102,18 @@ def main() -> None:
                 ["bench/gpu_duty_cycle.py"],
                 "bench/gpu_duty_cycle.py",
                 300,
+            )
+        )
+    if args.comfyui_url:
+        real = ["bench/gpu_duty_cycle.py", "--comfyui-url", args.comfyui_url]
+        real += ["--jobs", "12", "--exec-s", "1.5", "--queue-ahead", "0,1", "--rounds", "3"]
+        benches.append(
+            (
+                "GPU duty cycle against a real ComfyUI: the physical limit, ours with "
+                "queue_ahead 0 and 1",
+                real,
+                " ".join(real),
+                900,
             )
         )
     memory = ["bench/memory.py"] + ([] if args.full else ["--quick"])
@@ -130,15 +157,18 @@ def main() -> None:
         ),
     ]
     results = [(*run(title, argv, timeout), cmd) for title, argv, cmd, timeout in benches]
-    write_report(results)
+    today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    run_facts = {"run": today, "machine": machine(), "results": results}
+    LAST_RUN.write_text(json.dumps(run_facts, indent=1, ensure_ascii=False) + "\n")
+    write_report(results, today, machine())
     print(f"wrote {REPORT.relative_to(ROOT)}")
 
 
 NOTES = Path(__file__).with_name("performance_notes.md")
+LAST_RUN = Path(__file__).with_name("last_run.json")
 
 
-def write_report(results: list[tuple[str, str, float, str]]) -> None:
-    today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+def write_report(results: list[tuple[str, str, float, str]], today: str, host: str) -> None:
     parts = [
         "# Performance",
         "",
@@ -146,7 +176,7 @@ def write_report(results: list[tuple[str, str, float, str]]) -> None:
         "hand: rerun it. The analysis below the figures is kept in `bench/performance_notes.md`.",
         "",
         f"- Run: {today}",
-        f"- Machine: {machine()}. The cores are shared with other work, so absolute "
+        f"- Machine: {host}. The cores are shared with other work, so absolute "
         "numbers are noisy; every comparison runs side by side in one invocation and is "
         "reported as a ratio.",
         "- AWS: a moto server in its own process on 127.0.0.1 (no network, but it closes the "
@@ -160,7 +190,9 @@ def write_report(results: list[tuple[str, str, float, str]]) -> None:
         "```",
         "",
         "Each section names its own command; `python -m bench --full` runs the memory bench "
-        "with 10,000 jobs instead of 2,000.",
+        "with 10,000 jobs instead of 2,000; `--comfyui-url URL` adds the GPU duty cycle against "
+        "a running ComfyUI (see `docs/comfyui.md`); `--rewrite` rebuilds this file from the last "
+        "run's figures (`bench/last_run.json`) and the notes, without running anything.",
         "",
     ]
     for title, output, seconds, cmd in results:
