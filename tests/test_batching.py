@@ -23,14 +23,7 @@ async def received(aws: Any, url: str, count: int) -> list[JobMessage]:
     """``count`` messages sent to ``url`` and received back, as the consumer sees them."""
     for n in range(count):
         await aws.sqs.send_message(QueueUrl=url, MessageBody=f'{{"n": {n}}}')
-    messages: list[JobMessage] = []
-    while len(messages) < count:
-        reply = await aws.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
-        messages += [
-            JobMessage("cpu", m["MessageId"], m["ReceiptHandle"], m["Body"], None, 1)
-            for m in reply.get("Messages", [])
-        ]
-    return messages
+    return await received_only(aws, url, count)
 
 
 async def depth(aws: Any, url: str) -> tuple[int, int]:
