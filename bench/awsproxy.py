@@ -40,6 +40,21 @@ def action_of(method: str, path: str, query: str, headers: Any, body: bytes) -> 
     return f"s3:{method}"
 
 
+MESSAGES = "~messages"
+"""Not a request: the SQS messages sent (a ``SendMessageBatch`` counts its entries)."""
+
+
+def messages_in(action: str, body: bytes) -> int:
+    """How many messages a request sends: 1 for SendMessage, the entries of a batch."""
+    if action == "sqs:SendMessage":
+        return 1
+    if action != "sqs:SendMessageBatch":
+        return 0
+    with contextlib.suppress(ValueError):
+        return len(json.loads(body).get("Entries", []))  # the JSON protocol
+    return body.count(b".Id=")  # the query protocol: SendMessageBatchRequestEntry.N.Id
+
+
 def _serve(upstream: str, delay_s: float, port_out: Any) -> None:
     import aiohttp
     from aiohttp import web
@@ -52,8 +67,10 @@ def _serve(upstream: str, delay_s: float, port_out: Any) -> None:
                 counts.clear()
             return web.json_response(dict(counts))
         body = await request.read()
-        counts[action_of(request.method, request.path, request.query_string,
-                         request.headers, body)] += 1  # fmt: skip
+        action = action_of(request.method, request.path, request.query_string,
+                           request.headers, body)  # fmt: skip
+        counts[action] += 1
+        counts[MESSAGES] += messages_in(action, body)
         if delay_s:
             await asyncio.sleep(delay_s)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
@@ -106,7 +123,7 @@ def aws_proxy(upstream: str, delay_s: float = 0.0) -> Iterator[str]:
 
 
 def counts(proxy: str, *, reset: bool = False) -> dict[str, int]:
-    """The proxy's counts by ``service:Action`` (and reset them, if asked)."""
+    """The proxy's counts by ``service:Action``, and ``MESSAGES`` (and reset them, if asked)."""
     import urllib.request
 
     request = urllib.request.Request(f"{proxy}/__counts", method="DELETE" if reset else "GET")
