@@ -88,8 +88,8 @@ def main() -> None:
             1800,
         ),
         (
-            "face_mask end to end on the embedded default, 16 submitters, against the code "
-            "before issue 16",
+            "face_mask end to end on the embedded default, 16 submitters, against main before "
+            "issue 16 and before its second round",
             ["bench/face_mask_e2e.py", "--jobs", "96"],
             "bench/face_mask_e2e.py --jobs 96",
             600,

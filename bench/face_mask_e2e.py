@@ -43,8 +43,9 @@ from pathlib import Path
 import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
-# main before issue 16: the figures of the issue were measured on it.
-DEFAULT_BASELINE = "0e2a810"
+# main before issue 16 (the figures of the issue were measured on it), and main
+# before its second round (Content Credentials, reuse and limits had landed).
+DEFAULT_BASELINES = ("0e2a810", "bb28d15")
 
 
 @dataclass
@@ -96,6 +97,7 @@ def baseline_tree(ref: str, into: Path) -> Path | None:
     )
     if archive.returncode != 0:
         return None
+    into.mkdir(parents=True, exist_ok=True)
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
     return into
 
@@ -268,7 +270,11 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=96, help="timed jobs per variant")
     parser.add_argument("--submitters", type=int, default=16)
     parser.add_argument("--image", default=str(ROOT / "examples" / "face.png"))
-    parser.add_argument("--baseline-ref", default=DEFAULT_BASELINE)
+    parser.add_argument(
+        "--baseline-ref",
+        action="append",
+        help=f"commit to compare with (repeatable; default {', '.join(DEFAULT_BASELINES)})",
+    )
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--profile", action="store_true", help="py-spy the daemon")
     parser.add_argument("--profile-lines", type=int, default=30)
@@ -280,10 +286,12 @@ def main() -> None:
     image = Path(args.image).read_bytes()
     bodies = distinct_bodies(image, args.jobs + args.submitters)
     variants: list[tuple[str, Path | None]] = []
+    refs = [] if args.no_baseline else (args.baseline_ref or list(DEFAULT_BASELINES))
     with tempfile.TemporaryDirectory(prefix="facemask-base-") as base_dir:
-        base = None if args.no_baseline else baseline_tree(args.baseline_ref, Path(base_dir))
-        if base is not None:
-            variants.append((f"baseline ({args.baseline_ref})", base))
+        for ref in refs:
+            base = baseline_tree(ref, Path(base_dir) / ref)
+            if base is not None:
+                variants.append((f"baseline ({ref})", base))
         variants.append(("ours", None))
         results = [run_variant(label, path, args, bodies) for label, path in variants]
 
@@ -305,10 +313,9 @@ def main() -> None:
             f"{1000 * r.cpu_s / r.jobs:>12.0f}{r.failed:>8}"
         )
     ours = results[-1]
-    if len(results) == 2:
-        base_r = results[0]
+    for base_r in results[:-1]:
         print(
-            f"ours/baseline: jobs/s {ours.rate / base_r.rate:.2f}x, "
+            f"ours/{base_r.label}: jobs/s {ours.rate / base_r.rate:.2f}x, "
             f"p50 {ours.pct(0.5) / base_r.pct(0.5):.2f}x, "
             f"CPU/job {ours.cpu_s / ours.jobs / (base_r.cpu_s / base_r.jobs):.2f}x"
         )
