@@ -264,3 +264,49 @@ def test_a_port_in_use_stops_start_up_with_a_clear_message(daemon_env: dict[str,
     assert f"port {port} on 127.0.0.1 is not free" in result.stderr
     assert "SHORTDRAMA_API__PORT" in result.stderr
     assert "provisioned" not in result.stdout + result.stderr
+
+
+async def test_kill_9_with_a_prompt_queued_ahead_in_comfyui_completes_both_jobs_once(
+    daemon_env: dict[str, str], daemons: list[Daemon], tmp_path: Path
+) -> None:
+    import base64
+
+    from fakes.comfyui import FakeComfyUI, Script, png_bytes
+
+    image = "data:image/png;base64," + base64.b64encode(png_bytes(3, size=(64, 48))).decode()
+    async with FakeComfyUI(default=Script(exec_s=1.5)) as comfy:
+        env = {
+            **daemon_env,
+            "SHORTDRAMA_QUEUES__VISIBILITY_TIMEOUT_S": "5",
+            "SHORTDRAMA_CONSUMER__CONSUME": '["gpu"]',
+            "SHORTDRAMA_HANDLERS__ALLOW": '["comfy_camera_angle"]',
+            "SHORTDRAMA_HANDLERS__OPTIONS": (
+                f'{{"comfy_camera_angle": {{"base_url": "{comfy.url}", "queue_ahead": 1}}}}'
+            ),
+        }
+        assert run_cli("init", env=env).returncode == 0
+        first = Daemon(env, tmp_path / "first.log")
+        daemons.append(first)
+        await first.ready()
+        job_ids = []
+        async with aiohttp.ClientSession() as http:
+            for move in ("close_up", "rotate_left"):
+                body = {"image": image, "move": move}
+                async with http.post(f"{first.url}/api/v1/camera-angle/jobs", json=body) as resp:
+                    assert resp.status == 202, await resp.text()
+                    job_ids.append(str((await resp.json())["job_id"]))
+        # One prompt running, the other queued ahead inside ComfyUI: then SIGKILL.
+        await comfy.wait_running(timeout=20)
+        await comfy.wait_pending(1, timeout=20)
+        first.kill()
+
+        second = Daemon(env, tmp_path / "second.log")
+        daemons.append(second)
+        await second.ready()
+        for job_id in job_ids:
+            job = await poll_until_done(f"{second.url}/api/v1/jobs/{job_id}", timeout=60)
+            assert (job["status"], job["attempts"]) == ("completed", 2)
+        # The killed worker's two prompts still ran (for nobody), then each job once more.
+        assert len(comfy.executions) == 4
+        log = (tmp_path / "second.log").read_text()
+        assert log.count('"event": "job_finished"') == 2
