@@ -162,9 +162,14 @@ class Meter:
 
 
 # (jobs, submitters, client poll period in seconds) for each phase; a poll
-# period of BURST means: submit all, completion times from the stored records.
+# period of BURST means: submit all, completion times from the stored records;
+# OWN_WAY: each client waits as its system offers (ours: ``Prefer: wait`` on the
+# submit; Celery with a DynamoDB backend has only ``AsyncResult.get``, polling
+# every 5 ms here).
 Phase = tuple[int, int, float]
 BURST = 0.0
+OWN_WAY = -1.0
+CELERY_POLL_S = 0.005
 
 
 def celery_phases(
@@ -184,7 +189,7 @@ def celery_phases(
         def one(n: int, poll_s: float) -> float:
             t0 = time.perf_counter()
             result = task.apply_async(args=(n,))
-            result.get(interval=poll_s, timeout=120)
+            result.get(interval=CELERY_POLL_S if poll_s == OWN_WAY else poll_s, timeout=120)
             return time.perf_counter() - t0
 
         # The first job, alone, lets one backend create the results table;
@@ -497,7 +502,38 @@ METRICS = (
 def _phase_label(jobs: int, submitters: int, poll_s: float) -> str:
     if poll_s == BURST:
         return f"burst of {jobs}, {submitters} submitters"
+    if poll_s == OWN_WAY:
+        return f"{jobs} jobs, 1 submitter, own wait"
     return f"{jobs} jobs, 1 submitter, poll {1000 * poll_s:g} ms"
+
+
+def _verdict(condition: dict[str, Any]) -> str:
+    """The issue's targets for one condition: jobs/s in the burst, p50 unloaded."""
+    systems, phases = condition["systems"], condition["phases"]
+
+    def ratio(kind: float, key: str) -> float | None:
+        index = next((i for i, p in enumerate(phases) if p[2] == kind), None)
+        if index is None:
+            return None
+        return float(systems["ours"][index][key] / systems["celery_equal"][index][key])
+
+    burst = ratio(BURST, "jobs_per_s") or 0.0
+    polled = next((ratio(p[2], "p50_ms") for p in phases if p[2] > 0), None)
+    own = ratio(OWN_WAY, "p50_ms")
+    want = 1.0 if condition["delay_ms"] == 0 else 1.5
+    # The p50 a client sees, each waiting as its system offers; the polled figure beside it.
+    p50 = own if own is not None else polled
+    hit = burst >= want and (condition["delay_ms"] != 0 or (p50 is not None and p50 < 1))
+    shown = ", ".join(
+        f"p50 {value:.2f}x {how}"
+        for value, how in ((own, "each waiting its own way"), (polled, "both polling"))
+        if value is not None
+    )
+    return (
+        f"+{condition['delay_ms']:g} ms: target ≥{want:g}x Celery (equal guarantees) jobs/s"
+        + (" with lower p50" if condition["delay_ms"] == 0 else "")
+        + f": {'met' if hit else 'NOT met'} ({burst:.2f}x in the burst; {shown}, unloaded)"
+    )
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -507,7 +543,10 @@ def format_table(result: dict[str, Any]) -> str:
         "AWS request passes one counting proxy (in its own process), which adds the stated "
         "delay. Headline: Celery at equal guarantees (task_acks_late, "
         "task_reject_on_worker_lost, task_track_started, DynamoDB result backend). Beside it, "
-        "Celery's defaults: acknowledged before the task runs, so a worker crash loses it.",
+        "Celery's defaults: acknowledged before the task runs, so a worker crash loses it. "
+        "'own wait': each client waits as its system offers — ours with Prefer: wait on the "
+        "submit, Celery with AsyncResult.get() polling its DynamoDB backend every 5 ms (that "
+        "backend has no push).",
     ]
     verdicts = []
     for condition in result["conditions"]:
@@ -543,19 +582,7 @@ def format_table(result: dict[str, Any]) -> str:
                         for name in ("ours", "celery_equal", "celery_default")
                     )
                 )
-        loaded = max(range(len(condition["phases"])), key=lambda i: condition["phases"][i][1])
-        idle = min(range(len(condition["phases"])), key=lambda i: condition["phases"][i][1])
-        ratio = (
-            systems["ours"][loaded]["jobs_per_s"] / systems["celery_equal"][loaded]["jobs_per_s"]
-        )
-        p50 = systems["ours"][idle]["p50_ms"] / systems["celery_equal"][idle]["p50_ms"]
-        want = 1.0 if condition["delay_ms"] == 0 else 1.5
-        hit = ratio >= want and (condition["delay_ms"] != 0 or p50 < 1)
-        verdicts.append(
-            f"+{condition['delay_ms']:g} ms: target ≥{want:g}x Celery (equal guarantees) jobs/s"
-            + (" with lower p50" if condition["delay_ms"] == 0 else "")
-            + f": {'met' if hit else 'NOT met'} ({ratio:.2f}x under load, p50 {p50:.2f}x unloaded)"
-        )
+        verdicts.append(_verdict(condition))
     lines.append("")
     first = result["conditions"][0]["systems"]
     by_action = first["ours"][-1]["aws_requests_by_action"]
@@ -590,14 +617,16 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def default_phases(jobs: int, submitters: int) -> list[Phase]:
-    """Unloaded latency (one submitter polling every 5 ms), then a burst for throughput.
+    """Unloaded latency (one submitter polling every 5 ms, then waiting each system's own
+    way), then a burst for throughput.
 
     In the burst, completion times come from the stored records rather than
     from polling: every status poll is a DynamoDB read on the same moto
     server (and, for us, a request to the worker), so tight polling by many
     clients would mostly measure the polling.
     """
-    return [(max(20, jobs // 6), 1, 0.005), (jobs, submitters, BURST)]
+    unloaded = max(20, jobs // 6)
+    return [(unloaded, 1, 0.005), (unloaded, 1, OWN_WAY), (jobs, submitters, BURST)]
 
 
 def main() -> None:

@@ -369,20 +369,23 @@ async def run_concurrent(
 
     Each submitter posts a job, polls ``GET /api/v1/jobs/{id}`` until it reads
     ``completed``, then takes the next. Jobs/s is jobs ÷ (first submit → last
-    completion seen).
+    completion seen). A negative ``poll_s`` waits the way a client of ours
+    would: ``Prefer: wait`` on the submit (and on a GET, if the wait ran out).
     """
+    waits = poll_s < 0
+    prefer = {"Prefer": "wait=30"} if waits else {}
     async with aiohttp.ClientSession(base_url) as http:
 
         async def one(n: int) -> float:
             t0 = time.perf_counter()
-            async with http.post("/api/v1/noop/jobs", json={"n": n}) as resp:
-                job_id = (await resp.json())["job_id"]
-            while True:
-                await asyncio.sleep(poll_s)
-                async with http.get(f"/api/v1/jobs/{job_id}") as resp:
+            async with http.post("/api/v1/noop/jobs", json={"n": n}, headers=prefer) as resp:
+                job = await resp.json()
+            while job["status"] != "completed":
+                if not waits:
+                    await asyncio.sleep(poll_s)
+                async with http.get(f"/api/v1/jobs/{job['job_id']}", headers=prefer) as resp:
                     job = await resp.json()
-                if job["status"] == "completed":
-                    return time.perf_counter() - t0
+            return time.perf_counter() - t0
 
         # Warm-up: first-use costs (botocore loaders, connection pools) are not dispatch.
         await asyncio.gather(*(one(-1 - i) for i in range(warmup)))
