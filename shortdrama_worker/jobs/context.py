@@ -259,6 +259,8 @@ class RunContext:
     def release(self) -> None:
         """The job is over: its decoded inputs no longer count against the budget."""
         self._pixels.release()
+        if self._flush is not None:  # the run itself was cancelled before stop_progress
+            self._flush.cancel()
 
     def gpu(self) -> AbstractAsyncContextManager[None]:
         return self._timed_gpu()
