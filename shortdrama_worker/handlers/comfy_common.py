@@ -402,7 +402,8 @@ class ComfyHandler(Handler[Any, ComfySettings]):
                     submit_at = time.monotonic()
                     await run.submit()
                     await ctx.progress(_PROGRESS_SUBMITTED, "submitted")
-                    outputs = await self._follow(ctx, run, gate, gpu_asked, timings)
+                    late_gate = gate if lease.queued else None
+                    outputs = await self._follow(ctx, run, late_gate, gpu_asked, timings)
             finally:
                 lease.executing(run.started_at)
                 if run.withdrawal is not None and not run.withdrawal.done():
@@ -455,20 +456,21 @@ class ComfyHandler(Handler[Any, ComfySettings]):
         self,
         ctx: JobContext,
         run: PromptRun,
-        gate: contextlib.AsyncExitStack,
+        late_gate: contextlib.AsyncExitStack | None,
         asked: float,
         timings: dict[str, float],
     ) -> list[OutputImage]:
         """Follow a submitted prompt to its end, holding the GPU gate while it executes.
 
         A prompt queued inside ComfyUI behind another job's (``queue_ahead``) takes
-        the gate only now, when the job ahead has let it go; its socket is read
-        from the start all the same, so ``execution_start`` is seen when it happens.
+        the gate only now (into ``late_gate``), when the job ahead has let it go; its
+        socket is read from the start all the same, so ``execution_start`` is seen
+        when it happens.
         """
         following = asyncio.ensure_future(run.wait(self._progress_report(ctx)))
         try:
-            if "gpu_wait" not in timings:
-                await gate.enter_async_context(ctx.gpu())
+            if late_gate is not None:
+                await late_gate.enter_async_context(ctx.gpu())
                 timings["gpu_wait"] = round(time.monotonic() - asked, 4)
             return await following
         finally:
