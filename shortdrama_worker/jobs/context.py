@@ -220,7 +220,7 @@ class RunContext:
             # one: hold the latest and write it once the attempt has run a while.
             kept = self._held[1] if self._held is not None else None
             self._held = (percent, stage if stage is not None else kept)
-            if self._flush is None:
+            if self._flush is None or self._flush.done():  # (a timer may fire a hair early)
                 self._flush = asyncio.create_task(self._write_held(self._quiet_until - now))
             return
         self._held = None  # superseded
