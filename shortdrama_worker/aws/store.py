@@ -15,13 +15,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shortdrama_worker.aws.clients import error_code
 
 Status = Literal["pending", "processing", "completed", "failed", "cancelled"]
+STATUSES: tuple[Status, ...] = get_args(Status)
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 

@@ -98,10 +98,9 @@ class ContentCredentials:
         try:
             # A Signer and Context per file: each native handle then has one user,
             # and creating them costs microseconds next to hashing the image.
-            context = c2pa.Context(settings=c2pa.Settings.from_json(self._settings))
             with (
                 c2pa.Signer.from_info(self._info) as signer,
-                c2pa.Builder(definition, context=context) as builder,
+                c2pa.Builder(definition, context=self._context()) as builder,
             ):
                 for ingredient in carried:
                     builder.add_ingredient(
@@ -119,7 +118,7 @@ class ContentCredentials:
             return False
         try:
             reader = c2pa.Reader.try_create(
-                record.content_type, io.BytesIO(record.data), None, self._read_context()
+                record.content_type, io.BytesIO(record.data), None, self._context()
             )
         except c2pa.C2paError:
             return False  # unreadable credentials: the input is recorded by its hash
@@ -128,7 +127,8 @@ class ContentCredentials:
         reader.close()
         return True
 
-    def _read_context(self) -> Any:
+    def _context(self) -> Any:
+        """A fresh c2pa context with our settings (one per native handle's user)."""
         return c2pa.Context(settings=c2pa.Settings.from_json(self._settings))
 
     async def sign_async(

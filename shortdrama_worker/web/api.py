@@ -128,8 +128,8 @@ def _accepted(request: web.Request, task: Task, *, replayed: bool) -> web.Respon
     return web.json_response(accepted, status=202, headers=headers)
 
 
-async def get_job(request: web.Request) -> web.Response:
-    task_id = request.match_info["job_id"]
+async def readable_job(request: web.Request, task_id: str) -> Task | web.Response:
+    """The job, if the caller's key may read it; else the answer to give (404 or 503)."""
     try:
         task = await request.app[keys.STORE].get(task_id)
     except StoreError as exc:
@@ -138,6 +138,13 @@ async def get_job(request: web.Request) -> web.Response:
         # Another key's job is reported as missing, not as forbidden: ids of
         # other tenants' jobs are not confirmed to exist.
         return error_response(404, "not_found", f"no job {task_id}")
+    return task
+
+
+async def get_job(request: web.Request) -> web.Response:
+    task = await readable_job(request, request.match_info["job_id"])
+    if isinstance(task, web.Response):
+        return task
     # Presigned URLs expire; every stored file gets a fresh one on every read.
     view = await render_job(task, base_url(request), request.app[keys.RESULTS])
     return web.json_response(view)

@@ -11,7 +11,6 @@ import structlog
 from aiohttp import web
 
 from shortdrama_worker import keys
-from shortdrama_worker.access import may_read
 from shortdrama_worker.aws.store import StoreError
 from shortdrama_worker.web import api
 from shortdrama_worker.web.auth import REQUEST_KEY
@@ -86,11 +85,11 @@ async def _get(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     job_id = request.match_info["job_id"]
     try:
-        task = await request.app[keys.STORE].get(job_id)
-        if task is not None and may_read(request.get(REQUEST_KEY), task.submitted_by):
+        # Missing, another key's, or the store down: the route itself answers that.
+        if not isinstance(await api.readable_job(request, job_id), web.Response):
             await request.app[keys.WATCH].until_finished(job_id, wait_s)
     except StoreError:
-        pass  # the route itself reports the outage
+        pass  # the wait's own reads failed: the route itself reports the outage
     response = await handler(request)
     response.headers["Preference-Applied"] = f"wait={wait_s}"
     return response
@@ -141,12 +140,9 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     """Server-sent events: one ``job`` event per change, the last at a terminal status."""
     job_id = request.match_info["job_id"]
     watch = request.app[keys.WATCH]
-    try:
-        first = await request.app[keys.STORE].get(job_id)
-    except StoreError as exc:
-        return error_response(503, "store_unavailable", f"task store unreachable: {exc}")
-    if first is None or not may_read(request.get(REQUEST_KEY), first.submitted_by):
-        return error_response(404, "not_found", f"no job {job_id}")
+    found = await api.readable_job(request, job_id)
+    if isinstance(found, web.Response):
+        return found
     stream = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",

@@ -19,9 +19,8 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from shortdrama_worker.aws.store import Task, TaskStore
+from shortdrama_worker.aws.store import STATUSES, Task, TaskStore
 
-STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 # Pages read per status and request when a filter hides most of the index.

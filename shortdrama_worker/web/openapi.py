@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from shortdrama_worker import __version__
+from shortdrama_worker.aws.store import STATUSES
 from shortdrama_worker.plugins import HandlerRegistry
 
 _ERROR = {
@@ -22,6 +23,7 @@ _ERROR = {
         }
     },
 }
+_STATUS = {"type": "string", "enum": list(STATUSES)}
 _ACCEPTED = {
     "type": "object",
     "required": ["job_id", "task_id", "kind", "status", "created_at", "status_url"],
@@ -29,10 +31,7 @@ _ACCEPTED = {
         "job_id": {"type": "string"},
         "task_id": {"type": "string"},
         "kind": {"type": "string"},
-        "status": {
-            "type": "string",
-            "enum": ["pending", "processing", "completed", "failed", "cancelled"],
-        },
+        "status": _STATUS,
         "created_at": {"type": "number"},
         "status_url": {"type": "string"},
     },
@@ -43,10 +42,7 @@ _JOB = {
         "job_id": {"type": "string"},
         "task_id": {"type": "string"},
         "kind": {"type": "string"},
-        "status": {
-            "type": "string",
-            "enum": ["pending", "processing", "completed", "failed", "cancelled"],
-        },
+        "status": _STATUS,
         "progress": {"type": "number"},
         "stage": {"type": ["string", "null"]},
         "result_url": {"type": ["string", "null"]},
