@@ -226,9 +226,14 @@ async def test_kill_9_mid_job_completes_once_on_another_instance(
         payload = {"text": "fast"}
         async with http.post(f"{second.url}/api/v1/example-echo/jobs", json=payload) as resp:
             assert resp.status == 202
+            fast_id = (await resp.json())["job_id"]
     job = await poll_until_done(f"{second.url}/api/v1/jobs/{job_id}", timeout=60)
     assert job["status"] == "completed"
     assert job["attempts"] == 2
+    assert (await poll_until_done(f"{second.url}/api/v1/jobs/{fast_id}"))["status"] == "completed"
+    # A finished job is readable a moment before its job_finished line is written:
+    # stop the daemon, so that its log is whole when it is read.
+    assert second.stop() == 0
     log = (tmp_path / "second.log").read_text()
     assert log.count(f'"job_id": "{job_id}"') >= 1
     assert log.count('"event": "job_finished"') == 2  # the taken-over job and the fast one
@@ -308,5 +313,6 @@ async def test_kill_9_with_a_prompt_queued_ahead_in_comfyui_completes_both_jobs_
             assert (job["status"], job["attempts"]) == ("completed", 2)
         # The killed worker's two prompts still ran (for nobody), then each job once more.
         assert len(comfy.executions) == 4
+        assert second.stop() == 0  # its log is whole once it has stopped
         log = (tmp_path / "second.log").read_text()
         assert log.count('"event": "job_finished"') == 2
