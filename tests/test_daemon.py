@@ -202,7 +202,9 @@ async def start_slow_job_then_kill(
     async with aiohttp.ClientSession() as http:
         payload = {"text": "slow", "delay_s": 4}
         async with http.post(f"{first.url}/api/v1/example-echo/jobs", json=payload) as resp:
-            job_id = str((await resp.json())["job_id"])
+            body = await resp.json()
+            assert resp.status == 202, body
+            job_id = str(body["job_id"])
         for _ in range(100):
             async with http.get(f"{first.url}/api/v1/jobs/{job_id}") as resp:
                 if (await resp.json())["status"] == "processing":
